@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (`mav bench ...`); never run as timed tests."""
