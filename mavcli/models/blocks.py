@@ -1,0 +1,69 @@
+"""U-Net building blocks on the internal layout `((b f), c, h, w)` (frames stacked in the
+batch; `frames=None` for images). Spatial operations therefore act per frame and never mix
+frames; only Pseudo3DConv's temporal conv and the temporal attention do."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from mavcli.nn.conv import Pseudo3DConv
+from mavcli.nn.norm import group_norm
+
+
+def per_frame(v: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """Repeat a per-video vector `(b, d)` for every frame: `((b f), d)`."""
+    return v if frames is None else repeat(v, "b d -> (b f) d", f=frames)
+
+
+class ResBlock(nn.Module):
+    """Residual block with two pseudo-3D convs and scale-shift conditioning on an embedding
+    (time + image embedding + fps), as in the DALL-E 2 / Imagen U-Nets.
+
+    `forward(x, emb, frames)`: x `((b f), c_in, h, w)`, emb `((b f), emb_dim)` -> `((b f), c_out, h, w)`.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, emb_dim: int, *, temporal: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = group_norm(dim_in)
+        self.conv1 = Pseudo3DConv(dim_in, 3, dim_out=dim_out, temporal=temporal)
+        self.emb = nn.Linear(emb_dim, dim_out * 2)
+        self.norm2 = group_norm(dim_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = Pseudo3DConv(dim_out, 3, temporal=temporal)
+        nn.init.zeros_(self.conv2.spatial_conv.weight)  # each residual branch starts at zero
+        nn.init.zeros_(self.conv2.spatial_conv.bias)
+        self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int | None) -> torch.Tensor:
+        h = self.conv1.forward_frames(F.silu(self.norm1(x)), frames)
+        scale, shift = rearrange(self.emb(F.silu(emb)), "bf (two c) -> two bf c 1 1", two=2)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2.forward_frames(self.dropout(F.silu(h)), frames)
+        return h + self.skip(x)
+
+
+class Downsample(nn.Module):
+    """Halve height and width per frame (never time): space-to-depth then a 1x1 conv.
+    `((b f), c, h, w) -> ((b f), c_out, h/2, w/2)`."""
+
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim * 4, dim_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(rearrange(x, "bf c (h p) (w q) -> bf (c p q) h w", p=2, q=2))
+
+
+class Upsample(nn.Module):
+    """Double height and width per frame: nearest neighbour then a 3x3 conv.
+    `((b f), c, h, w) -> ((b f), c_out, 2h, 2w)`."""
+
+    def __init__(self, dim: int, dim_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,123 @@
+"""SpaceTimeUnet: shapes, conditioning, 2-D -> 3-D inflation, safetensors round trip, errors."""
+
+import pytest
+import torch
+
+from mavcli.errors import PackError
+from mavcli.models.unet import SpaceTimeUnet, UnetConfig, inflate_unet
+from mavcli.weights.safetensors_io import load_network, save_network
+
+TINY = dict(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
+
+
+def randomise(module, std=0.05, seed=0):
+    """Move every weight off its initial value (zero-initialised outputs included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def test_video_and_image_shapes_any_frames():
+    torch.manual_seed(0)
+    net = randomise(SpaceTimeUnet(UnetConfig(**TINY)))
+    t = torch.rand(2)
+    for f in (1, 3, 6):
+        out = net(torch.randn(2, 3, f, 8, 12), t)
+        assert out.shape == (2, 3, f, 8, 12)
+        assert torch.isfinite(out).all()
+    assert net(torch.randn(2, 3, 8, 12), t).shape == (2, 3, 8, 12)
+
+
+def test_inflated_unet_equals_image_unet_per_frame():
+    torch.manual_seed(0)
+    cfg = UnetConfig(**TINY, temporal=False, cond_dim=6, context_dim=10)
+    image = randomise(SpaceTimeUnet(cfg))
+    video = inflate_unet(image, fps_cond=True, temporal_ema=True)
+    # spatial weights copied exactly
+    vstate = video.state_dict()
+    for k, v in image.state_dict().items():
+        assert torch.equal(vstate[k], v), k
+    assert any("temporal" in k for k in vstate if k not in image.state_dict())
+    x, t = torch.randn(2, 3, 5, 8, 8), torch.rand(2)
+    cond, ctx = torch.randn(2, 6), torch.randn(2, 4, 10)
+    out = video(x, t, cond=cond, context=ctx, fps=torch.tensor([4.0, 24.0]))
+    ref = torch.stack([image(x[:, :, i], t, cond=cond, context=ctx) for i in range(5)], dim=2)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert out.abs().mean() > 1e-2  # not a vacuous comparison of zeros
+
+
+def test_time_off_equals_per_frame_and_time_on_mixes_after_training():
+    torch.manual_seed(0)
+    net = randomise(SpaceTimeUnet(UnetConfig(**TINY)))  # temporal layers moved off identity
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.rand(1)
+    off = net(x, t, enable_time=False)
+    ref = torch.stack([net(x[:, :, i], t) for i in range(4)], dim=2)
+    torch.testing.assert_close(off, ref, rtol=1e-4, atol=1e-5)
+    on = net(x, t)
+    assert not torch.allclose(on, off, atol=1e-4)
+
+
+def test_conditioning_changes_output_and_null_drop():
+    torch.manual_seed(0)
+    cfg = UnetConfig(**TINY, cond_dim=6, context_dim=10, fps_cond=True, skip_cond=True, extra_in_channels=4)
+    net = randomise(SpaceTimeUnet(cfg))
+    x, t = torch.randn(2, 3, 3, 8, 8), torch.rand(2)
+    kw = dict(cond=torch.randn(2, 6), context=torch.randn(2, 5, 10), fps=8.0, frame_skip=4.0, extra=torch.randn(2, 4, 3, 8, 8))
+    base = net(x, t, **kw)
+    for key, new in [("cond", torch.randn(2, 6)), ("context", torch.randn(2, 5, 10)), ("fps", 24.0),
+                     ("frame_skip", 1.0), ("extra", torch.randn(2, 4, 3, 8, 8))]:
+        assert not torch.allclose(net(x, t, **{**kw, key: new}), base, atol=1e-5), key
+    # dropping conditioning: output no longer depends on cond/context, only for the dropped item
+    drop = torch.tensor([True, False])
+    a = net(x, t, **kw, drop_cond=drop)
+    b = net(x, t, **{**kw, "cond": torch.randn(2, 6), "context": torch.randn(2, 5, 10)}, drop_cond=drop)
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[1], b[1], atol=1e-5)
+
+
+def test_safetensors_round_trip_bit_identical(tmp_path):
+    torch.manual_seed(0)
+    net = randomise(SpaceTimeUnet(UnetConfig(**TINY, cond_dim=6, temporal_ema=True))).eval()
+    path = save_network(tmp_path / "unet.safetensors", net)
+    again = load_network(path, SpaceTimeUnet, UnetConfig)
+    assert again.config == net.config
+    x, t, cond = torch.randn(1, 3, 3, 8, 8), torch.rand(1), torch.randn(1, 6)
+    with torch.no_grad():
+        assert torch.equal(net(x, t, cond=cond), again(x, t, cond=cond))
+    # float16 on disk: values equal the float16-rounded weights
+    half = load_network(save_network(tmp_path / "h.safetensors", net, dtype=torch.float16), SpaceTimeUnet, UnetConfig)
+    w = dict(net.named_parameters())["init_conv.spatial_conv.weight"]
+    assert torch.equal(dict(half.named_parameters())["init_conv.spatial_conv.weight"], w.half().float())
+
+
+def test_strict_load_lists_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    net = SpaceTimeUnet(UnetConfig(**TINY))
+    path = save_network(tmp_path / "u.safetensors", net)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["surprise.weight"] = tensors.pop("init_conv.spatial_conv.weight")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(PackError, match=r"missing keys \['init_conv.spatial_conv.weight'\].*unexpected keys \['surprise.weight'\]"):
+        load_network(path, SpaceTimeUnet, UnetConfig)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(PackError, match="not a valid safetensors"):
+        load_network(tmp_path / "junk.safetensors", SpaceTimeUnet, UnetConfig)
+
+
+def test_clear_errors():
+    net = SpaceTimeUnet(UnetConfig(**TINY, cond_dim=6))
+    t = torch.rand(1)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        net(torch.randn(1, 3, 2, 7, 8), t, cond=torch.randn(1, 6))
+    with pytest.raises(ValueError, match="input channels"):
+        net(torch.randn(1, 4, 2, 8, 8), t, cond=torch.randn(1, 6))
+    with pytest.raises(ValueError, match="cond="):
+        net(torch.randn(1, 3, 2, 8, 8), t)
+    with pytest.raises(ValueError, match="one per level"):
+        UnetConfig(dim_mults=(1, 2), attn_levels=(True,))
