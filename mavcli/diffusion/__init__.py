@@ -1,1 +1,8 @@
-"""diffusion."""
+"""Diffusion as pure functions of (model, x, t, cond): the noise schedule, the training
+objective and the samplers. Networks never know which sampler runs them."""
+
+from mavcli.diffusion.objective import diffusion_loss
+from mavcli.diffusion.sampling import SAMPLERS, guided, sample
+from mavcli.diffusion.schedule import CosineSchedule
+
+__all__ = ["SAMPLERS", "CosineSchedule", "diffusion_loss", "guided", "sample"]

@@ -1,0 +1,37 @@
+"""Continuous-time cosine noise schedule in log-SNR form (Nichol & Dhariwal 2021; shifted for
+resolution as in Hoogeboom et al. 2023, "simple diffusion").
+
+For t in [0, 1]: logsnr(t) = -2 log tan(pi t / 2) (+ 2 log(base / resolution) when shifted),
+clipped to [logsnr_min, logsnr_max]; alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr), and
+x_t = alpha x_0 + sigma eps. A shift below 0 adds noise at every t, which larger frames need
+because neighbouring pixels are redundant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+    shift: float = 0.0  # added to logsnr: 2 * log(base_resolution / resolution)
+
+    @classmethod
+    def for_resolution(cls, resolution: int, base: int = 32) -> CosineSchedule:
+        return cls(shift=2.0 * math.log(base / resolution))
+
+    def logsnr(self, t: torch.Tensor) -> torch.Tensor:
+        # invert the clipping so that t=0 and t=1 map exactly onto the bounds
+        t_min = math.atan(math.exp(-0.5 * self.logsnr_max))
+        t_max = math.atan(math.exp(-0.5 * self.logsnr_min))
+        angle = t_min + t.double() * (t_max - t_min)
+        return (-2.0 * torch.log(torch.tan(angle)) + self.shift).float()
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = self.logsnr(t)
+        return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()

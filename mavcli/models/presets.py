@@ -1,0 +1,55 @@
+"""Network sizes of a whole pack, by preset: `tiny` (tests: channels 8-16, 16x16 frames) and
+`shapes` (the shipped default pack, sized for CPU training and a 60 s generation budget;
+the paper's ratios scaled down: keyframes -> x4 frames -> x2 -> x2 resolution)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mavcli.models.prior import PriorConfig
+from mavcli.models.stages import build
+from mavcli.models.text import ImageEncoderConfig, TextEncoderConfig, Tokenizer
+from mavcli.models.unet import UnetConfig
+from mavcli.weights.pack import Pack, PackSettings
+
+
+def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], PackSettings]:
+    if preset == "tiny":
+        e, t = 16, 16
+        unet = dict(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
+        settings = PackSettings(keyframes=3, keyframe_size=8, fps=4.0, frame_skip=3, sr_video_size=16, sr_image_size=32,
+                                steps={"prior": 3, "keyframes": 3, "interpolation": 2, "sr_video": 2, "sr_image": 2},
+                                chunk_frames=4)
+        configs = {
+            "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=1, heads=2, embed_dim=e),
+            "image_encoder": ImageEncoderConfig(image_size=8, channels=(8, 16), embed_dim=e),
+            "prior": PriorConfig(embed_dim=e, text_dim=t, dim=16, depth=1, heads=2),
+        }
+    elif preset == "shapes":
+        e, t = 64, 128
+        unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
+        settings = PackSettings()
+        configs = {
+            "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
+            "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),
+            "prior": PriorConfig(embed_dim=e, text_dim=t, dim=256, depth=4, heads=4),
+        }
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'shapes'")
+    configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, fps_cond=True)
+    configs["interpolation"] = UnetConfig(**unet, cond_dim=e, context_dim=t, fps_cond=True, skip_cond=True,
+                                          extra_in_channels=4)
+    configs["sr_video"] = UnetConfig(**{**unet, "attn_levels": (False,) * (len(unet["dim_mults"]) - 1) + (True,)},
+                                     extra_in_channels=3, guidance_null=False)
+    configs["sr_image"] = dataclasses.replace(configs["sr_video"], temporal=False)
+    return configs, settings
+
+
+def init_pack(tokenizer: Tokenizer, preset: str = "tiny", *, seed: int = 0) -> Pack:
+    """A freshly initialised pack (random weights) of the preset's sizes."""
+    configs, settings = preset_configs(preset, len(tokenizer.vocab))
+    torch.manual_seed(seed)
+    networks = {stage: build(stage, cfg) for stage, cfg in configs.items()}
+    return Pack(None, networks, tokenizer, settings, card=f"# freshly initialised `{preset}` pack (untrained)\n")

@@ -1,0 +1,371 @@
+"""MakeAVideoPipeline: the inference cascade of Make-A-Video (section 3, eq. 2),
+
+    video = SR_h( SR_l^t( F_i( D^t( P(x_e, C_x(x)), fps ) ) ) )
+
+Each stage is a method that can also be called on its own (`interpolate`, `upsample`, ...).
+Seeds: every stage draws its noise from its own generator derived from the seed, so changing
+one stage's steps never changes another stage's noise; the same seed on the same device gives
+bit-identical frames. Progress goes to a `callback(stage, step, total)`; nothing is printed.
+
+Tensor layout inside: videos `(b, c, f, h, w)` in [-1, 1]; frames outside: numpy uint8
+`(f, h, w, 3)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mavcli.diffusion import CosineSchedule, guided, sample
+from mavcli.errors import PackError, UserInputError
+from mavcli.weights.pack import Pack, load_pack
+
+ProgressCallback = Callable[[str, int, int], None]
+STAGE_ORDER = ("prior", "keyframes", "interpolation", "sr_video", "sr_image")
+STAGE_SEED_OFFSET = {name: i + 1 for i, name in enumerate(STAGE_ORDER)}
+
+
+@dataclass
+class VideoOutput:
+    frames: np.ndarray  # uint8 (f, h, w, 3)
+    fps: float
+    seed: int | None = None
+    prompt: str | None = None
+    unknown_words: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserInputError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return dev
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 `(f, h, w, 3)` -> float `(1, 3, f, h, w)` in [-1, 1]."""
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise UserInputError(f"frames must be a uint8 array (frames, height, width, 3); got {getattr(frames, 'shape', type(frames))}")
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return rearrange(x, "f h w c -> 1 c f h w").float() / 127.5 - 1.0
+
+
+def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """float `(1, 3, f, h, w)` in [-1, 1] -> uint8 `(f, h, w, 3)`."""
+    x = ((video[0].float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "c f h w -> f h w c").cpu().numpy()
+
+
+class MakeAVideoPipeline:
+    """Text to video with a mavcli pack. See `from_pretrained` and `__call__`."""
+
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu") -> None:
+        self.pack = pack
+        self.device = resolve_device(device)
+        for net in pack.networks.values():
+            net.to(self.device).eval().requires_grad_(False)
+        self.settings = pack.settings
+        te = pack.networks.get("text_encoder")
+        if te is not None and te.config.vocab_size != len(pack.tokenizer.vocab):
+            raise PackError(f"tokenizer has {len(pack.tokenizer.vocab)} words but the text encoder expects {te.config.vocab_size}")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, allow_download: bool = False) -> MakeAVideoPipeline:
+        """A pack by local folder, by name in weights.toml (bundled or in the HF cache), or by
+        Hub repo id (`allow_download=True` fetches it). `dtype` casts the networks."""
+        path = Path(name_or_path) if name_or_path is not None else None
+        if path is None or not path.is_dir():
+            from mavcli.weights.resolve import resolve_pack
+
+            path = resolve_pack(None if name_or_path is None else str(name_or_path), allow_download=allow_download)
+        dev = resolve_device(device)
+        return cls(load_pack(path, device=dev, dtype=dtype), dev)
+
+    # ---------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _generator(self, seed: int, stage: str) -> torch.Generator:
+        return torch.Generator("cpu").manual_seed(seed * 1000 + STAGE_SEED_OFFSET[stage])
+
+    def _noise(self, shape, gen: torch.Generator) -> torch.Tensor:
+        # drawn on the CPU so a seed means the same noise on every device
+        return torch.randn(shape, generator=gen).to(self.device)
+
+    def _option(self, table: dict | float | int | None, stage: str, kind: str):
+        if isinstance(table, dict):
+            value = table.get(stage)
+        else:
+            value = table
+        if value is None:
+            value = getattr(self.settings, kind)[stage]
+        return value
+
+    def _schedule(self, size: int) -> CosineSchedule:
+        return CosineSchedule.for_resolution(size, self.settings.schedule_base)
+
+    # --- stages --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[str]]]:
+        """C_x: prompts -> tokens `(b, L, d)`, mask `(b, L)`, pooled `(b, e)`, unknown words."""
+        ids, mask, unknown = self.pack.tokenizer.batch(prompts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        tokens, pooled = self.pack["text_encoder"](ids, mask)
+        return tokens, mask, pooled, unknown
+
+    @torch.no_grad()
+    def prior(self, tokens, mask, pooled, *, seed: int, steps=None, guidance=None, sampler=None,
+              callback: ProgressCallback | None = None) -> torch.Tensor:
+        """P: text -> image embedding `(b, e)` (unit length, as the image encoder makes)."""
+        net = self.pack["prior"]
+        steps, guidance = self._option(steps, "prior", "steps"), self._option(guidance, "prior", "guidance")
+        gen = self._generator(seed, "prior")
+        x = self._noise((pooled.shape[0], net.config.embed_dim), gen)
+        model = guided(net, guidance, text_emb=pooled, context=tokens, context_mask=mask)
+        with self._autocast():
+            emb = sample(model, x, steps, schedule=CosineSchedule(), sampler=sampler or self.settings.sampler,
+                         generator=gen, callback=_stage_cb(callback, "prior"))
+        return F.normalize(emb.float(), dim=-1)
+
+    @torch.no_grad()
+    def keyframes(self, image_emb, tokens, mask, *, seed: int, num_frames=None, fps=None, steps=None,
+                  guidance=None, sampler=None, callback: ProgressCallback | None = None) -> torch.Tensor:
+        """D^t: image embedding (+ text tokens, fps) -> keyframes `(b, 3, k, s, s)`."""
+        net = self.pack["keyframes"]
+        k = num_frames or self.settings.keyframes
+        size = self.settings.keyframe_size
+        fps = fps or self.settings.fps
+        steps, guidance = self._option(steps, "keyframes", "steps"), self._option(guidance, "keyframes", "guidance")
+        gen = self._generator(seed, "keyframes")
+        x = self._noise((image_emb.shape[0], 3, k, size, size), gen)
+        cond = {"cond": image_emb}
+        if net.config.context_dim:
+            cond.update(context=tokens, context_mask=mask)
+        if net.config.fps_cond:
+            cond["fps"] = torch.full((x.shape[0],), float(fps), device=self.device)
+        model = guided(net, guidance, **cond)
+        with self._autocast():
+            return sample(model, x, steps, schedule=self._schedule(size), sampler=sampler or self.settings.sampler,
+                          generator=gen, callback=_stage_cb(callback, "keyframes")).float()
+
+    @torch.no_grad()
+    def fill_frames(self, video: torch.Tensor, known: torch.Tensor, *, frame_skip: float, fps: float, seed: int,
+                    steps=None, guidance=None, sampler=None, callback: ProgressCallback | None = None,
+                    cond: dict | None = None) -> torch.Tensor:
+        """F_i, masked frame interpolation and extrapolation (section 3.3).
+
+        video `(b, 3, n, h, w)` in [-1, 1] (values at unknown frames are ignored), known `(n,)`
+        bool. Returns `(b, 3, n, h, w)` whose known frames are exactly the input's.
+        """
+        net = self.pack["interpolation"]
+        steps, guidance = self._option(steps, "interpolation", "steps"), self._option(guidance, "interpolation", "guidance")
+        b, _, n, h, w = video.shape
+        mask = known.to(self.device, video.dtype).view(1, 1, n, 1, 1).expand(b, 1, n, h, w)
+        extra = torch.cat([video * mask, mask], dim=1)  # RGB with missing frames zeroed + mask
+        kwargs = dict(cond or {})
+        kwargs["extra"] = extra
+        if net.config.skip_cond:
+            kwargs["frame_skip"] = torch.full((b,), float(frame_skip), device=self.device)
+        if net.config.fps_cond:
+            kwargs["fps"] = torch.full((b,), float(fps), device=self.device)
+        if not cond and (net.config.cond_dim or net.config.context_dim):
+            # no text or image embedding (real footage): the network's null conditioning
+            kwargs.update(_null_inputs(net, b, self.device))
+            guidance = 1.0  # nothing to guide towards
+        gen = self._generator(seed, "interpolation")
+        x = self._noise(video.shape, gen)
+        model = guided(net, guidance, **kwargs)
+        with self._autocast():
+            out = sample(model, x, steps, schedule=self._schedule(h), sampler=sampler or self.settings.sampler,
+                         generator=gen, callback=_stage_cb(callback, "interpolation")).float()
+        return torch.where(mask.bool().expand_as(out), video, out)
+
+    @torch.no_grad()
+    def interpolate_video(self, keyframes: torch.Tensor, *, frame_skip: int, fps: float, seed: int,
+                          callback: ProgressCallback | None = None, cond: dict | None = None, **opts) -> torch.Tensor:
+        """`(b, 3, k, h, w)` -> `(b, 3, (k-1)*frame_skip+1, h, w)`; keyframes kept exactly."""
+        if frame_skip < 1:
+            raise UserInputError(f"frame skip must be >= 1, got {frame_skip}")
+        b, c, k, h, w = keyframes.shape
+        if frame_skip == 1 or k < 2:
+            return keyframes
+        n = (k - 1) * frame_skip + 1
+        video = torch.zeros(b, c, n, h, w, device=self.device, dtype=keyframes.dtype)
+        video[:, :, ::frame_skip] = keyframes
+        known = torch.zeros(n, dtype=torch.bool)
+        known[::frame_skip] = True
+        return self.fill_frames(video, known, frame_skip=frame_skip, fps=fps * frame_skip, seed=seed,
+                                callback=callback, cond=cond, **opts)
+
+    @torch.no_grad()
+    def super_resolve_video(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
+                            callback: ProgressCallback | None = None) -> torch.Tensor:
+        """SR_l^t: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)`, all frames of a chunk together."""
+        net = self.pack["sr_video"]
+        size = self.settings.sr_video_size
+        steps = self._option(steps, "sr_video", "steps")
+        guidance = self._option(guidance, "sr_video", "guidance")
+        gen = self._generator(seed, "sr_video")
+        b, c, n, h, w = video.shape
+        low = F.interpolate(rearrange(video, "b c f h w -> (b f) c h w"), size=(size, size), mode="bilinear",
+                            align_corners=False, antialias=True)
+        low = rearrange(low, "(b f) c h w -> b c f h w", b=b)
+        noise = self._noise((b, c, n, size, size), gen)
+        chunks = _chunks(n, self.settings.chunk_frames)
+        out = []
+        for i, (a, z) in enumerate(chunks):
+            model = guided(net, guidance, extra=low[:, :, a:z])
+            cb = _chunk_cb(callback, "sr_video", i, len(chunks), steps)
+            with self._autocast():
+                out.append(sample(model, noise[:, :, a:z], steps, schedule=self._schedule(size),
+                                  sampler=sampler or self.settings.sampler, generator=gen, callback=cb).float())
+        return torch.cat(out, dim=2)
+
+    @torch.no_grad()
+    def super_resolve_frames(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
+                             callback: ProgressCallback | None = None) -> torch.Tensor:
+        """SR_h: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)` frame by frame (spatial only), with the
+        SAME initial noise for every frame to limit flicker (section 3.4)."""
+        net = self.pack["sr_image"]
+        size = self.settings.sr_image_size
+        steps = self._option(steps, "sr_image", "steps")
+        guidance = self._option(guidance, "sr_image", "guidance")
+        sampler = sampler or self.settings.sampler
+        gen = self._generator(seed, "sr_image")
+        b, c, n, h, w = video.shape
+        frames = rearrange(video, "b c f h w -> (b f) c h w")
+        low = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        shared = self._noise((1, c, size, size), gen)  # one noise image for all frames
+        step_noise = None
+        if sampler == "ddpm":  # ancestral noise is shared across frames too
+            step_noise = {"noise_fn": lambda like: self._noise((1, *like.shape[1:]), gen).expand_as(like)}
+        self.last_sr_image_noise = shared
+        chunks = _chunks(frames.shape[0], self.settings.chunk_frames)
+        out = []
+        for i, (a, z) in enumerate(chunks):
+            model = guided(net, guidance, extra=low[a:z])
+            cb = _chunk_cb(callback, "sr_image", i, len(chunks), steps)
+            with self._autocast():
+                out.append(sample(model, shared.expand(z - a, -1, -1, -1), steps, schedule=self._schedule(size),
+                                  sampler=sampler, generator=gen, callback=cb, **(step_noise or {})).float())
+        return rearrange(torch.cat(out), "(b f) c h w -> b c f h w", b=b)
+
+    # --- public entry points ------------------------------------------------------------------
+    def interpolate(self, frames: np.ndarray, factor: int = 4, *, fps: float = 24.0, seed: int = 0,
+                    callback: ProgressCallback | None = None, **opts) -> VideoOutput:
+        """More frames between real frames: uint8 `(f, h, w, 3)` -> `((f-1)*factor+1, h, w, 3)`
+        at `fps * factor`, with F_i's null (unconditional) text and image embedding."""
+        if frames.shape[0] < 2:
+            raise UserInputError("interpolation needs at least 2 frames")
+        video = frames_to_tensor(frames, self.device)
+        m = self.pack["interpolation"].config.size_multiple
+        h, w = video.shape[-2:]
+        if h % m or w % m:
+            raise UserInputError(f"frame size {w}x{h} must be a multiple of {m} for this pack's interpolation network")
+        out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed, callback=callback, **opts)
+        return VideoOutput(tensor_to_frames(out), fps * factor, seed)
+
+    def upsample(self, frames: np.ndarray, *, seed: int = 0, callback: ProgressCallback | None = None) -> VideoOutput:
+        """SR_l^t then SR_h on uint8 frames `(f, h, w, 3)`."""
+        video = frames_to_tensor(frames, self.device)
+        video = self.super_resolve_video(video, seed=seed, callback=callback)
+        video = self.super_resolve_frames(video, seed=seed, callback=callback)
+        return VideoOutput(tensor_to_frames(video), 0.0, seed)
+
+    def __call__(self, prompt: str, *, seed: int | None = None, num_keyframes: int | None = None,
+                 fps: float | None = None, frame_skip: int | None = None, steps: dict | int | None = None,
+                 guidance: dict | float | None = None, sampler: str | None = None,
+                 callback: ProgressCallback | None = None, stop_after: str | None = None) -> VideoOutput:
+        """Prompt -> video through every stage. `steps` / `guidance`: one value for every
+        stage or a dict per stage (prior, keyframes, interpolation, sr_video, sr_image).
+        `stop_after` ends the cascade early at a stage (keyframes, interpolation, sr_video)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserInputError("the prompt is empty; describe the video, e.g. 'a red circle moving left on a black background'")
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
+        s = self.settings
+        k = num_keyframes or s.keyframes
+        skip = frame_skip or s.frame_skip
+        fps = float(fps or s.fps)
+        if k < 1:
+            raise UserInputError(f"the number of keyframes must be >= 1, got {k}")
+        timings: dict[str, float] = {}
+
+        def timed(name, fn, *a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings[name] = time.perf_counter() - t0
+            return out
+
+        opts = dict(steps=steps, guidance=guidance, sampler=sampler, callback=callback)
+        tokens, mask, pooled, unknown = timed("text_encoder", self.encode_prompt, [prompt])
+        emb = timed("prior", self.prior, tokens, mask, pooled, seed=seed, **opts)
+        video = timed("keyframes", self.keyframes, emb, tokens, mask, seed=seed, num_frames=k, fps=fps, **opts)
+        out_fps = fps
+        if stop_after != "keyframes":
+            fi = self.pack["interpolation"]
+            cond = {}
+            if fi.config.cond_dim:
+                cond["cond"] = emb
+            if fi.config.context_dim:
+                cond.update(context=tokens, context_mask=mask)
+            video = timed("interpolation", self.interpolate_video, video, frame_skip=skip, fps=fps, seed=seed,
+                          cond=cond or None, **opts)
+            out_fps = fps * skip
+        if stop_after not in ("keyframes", "interpolation"):
+            video = timed("sr_video", self.super_resolve_video, video, seed=seed, **opts)
+        if stop_after is None:
+            video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
+        return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
+
+
+def _null_inputs(net, b: int, device) -> dict:
+    """Placeholder cond/context for a network run with every item's conditioning dropped."""
+    c = net.config
+    kw = {"drop_cond": torch.ones(b, dtype=torch.bool, device=device)}
+    if c.cond_dim:
+        kw["cond"] = torch.zeros(b, c.cond_dim, device=device)
+    if c.context_dim:
+        kw["context"] = torch.zeros(b, 1, c.context_dim, device=device)
+        kw["context_mask"] = torch.ones(b, 1, dtype=torch.bool, device=device)
+    return kw
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    size = max(1, size)
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _stage_cb(callback: ProgressCallback | None, stage: str):
+    if callback is None:
+        return None
+    return lambda step, total: callback(stage, step, total)
+
+
+def _chunk_cb(callback: ProgressCallback | None, stage: str, index: int, count: int, steps: int):
+    """Report chunked sampling as one run of count * steps steps."""
+    if callback is None:
+        return None
+    return lambda step, total: callback(stage, index * steps + step, count * steps)

@@ -1,0 +1,133 @@
+"""Model packs: a folder with the layout of a Hub repository.
+
+    pack.json              format, version, stage -> file, generation settings
+    <stage>.safetensors    one network per stage, its config in the metadata
+    tokenizer.json         the text encoder's vocabulary
+    README.md              model card: data, training, measured quality
+
+Loading is strict and never unpickles; saving writes a temporary folder and renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mavcli.errors import PackError
+from mavcli.models.config import config_from_dict, config_to_dict
+from mavcli.models.stages import STAGES
+from mavcli.models.text import Tokenizer
+from mavcli.weights.safetensors_io import load_network, save_network
+
+PACK_FORMAT = "mavcli-pack"
+PACK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    """How the cascade runs by default with this pack (saved in pack.json)."""
+
+    keyframes: int = 8  # frames D^t makes
+    keyframe_size: int = 32  # D^t's resolution
+    fps: float = 4.0  # keyframe rate; the video plays at fps * frame_skip
+    frame_skip: int = 4  # F_i fills (frame_skip - 1) frames between keyframes
+    sr_video_size: int = 64  # SR_l^t output
+    sr_image_size: int = 128  # SR_h output
+    sampler: str = "dpmpp"
+    steps: dict = field(default_factory=lambda: {"prior": 16, "keyframes": 24, "interpolation": 12, "sr_video": 8, "sr_image": 8})
+    guidance: dict = field(default_factory=lambda: {"prior": 2.0, "keyframes": 3.0, "interpolation": 1.0, "sr_video": 1.0, "sr_image": 1.0})
+    schedule_base: int = 32  # the noise schedule shifts with resolution relative to this
+    chunk_frames: int = 32  # frames per SR chunk: memory stays bounded for long videos
+
+
+@dataclass
+class Pack:
+    path: Path | None
+    networks: dict[str, torch.nn.Module]
+    tokenizer: Tokenizer
+    settings: PackSettings
+    card: str = ""
+
+    def __getitem__(self, stage: str) -> torch.nn.Module:
+        try:
+            return self.networks[stage]
+        except KeyError:
+            raise PackError(f"this pack has no {stage!r} network (it has {sorted(self.networks)})") from None
+
+
+def save_pack(path: str | os.PathLike, pack: Pack, *, dtype: torch.dtype | None = torch.float16, overwrite: bool = False) -> Path:
+    """Write `pack` to the folder `path` (atomically: a temporary folder, then a rename)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise PackError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        files = {}
+        for stage, net in pack.networks.items():
+            if stage not in STAGES:
+                raise PackError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
+            files[stage] = f"{stage}.safetensors"
+            save_network(tmp / files[stage], net, dtype=dtype)
+        (tmp / "tokenizer.json").write_text(pack.tokenizer.to_json())
+        index = {"format": PACK_FORMAT, "version": PACK_VERSION, "stages": files,
+                 "settings": config_to_dict(pack.settings)}
+        (tmp / "pack.json").write_text(json.dumps(index, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(pack.card or "# mavcli pack\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_index(path: Path) -> dict:
+    index_file = path / "pack.json"
+    if not index_file.is_file():
+        raise PackError(f"{path} is not a mavcli pack: pack.json is missing")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PackError(f"{index_file} is not valid JSON ({err})") from None
+    if index.get("format") != PACK_FORMAT:
+        raise PackError(f"{index_file}: format is {index.get('format')!r}, expected {PACK_FORMAT!r}")
+    if index.get("version") != PACK_VERSION:
+        raise PackError(f"{index_file}: pack version {index.get('version')} is not supported (this mavcli reads {PACK_VERSION})")
+    for stage, name in index.get("stages", {}).items():
+        if stage not in STAGES:
+            raise PackError(f"{index_file}: unknown stage {stage!r}")
+        if Path(name).name != name:
+            raise PackError(f"{index_file}: file name {name!r} for {stage} must be a plain file name inside the pack")
+    return index
+
+
+def load_pack(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+              stages: tuple[str, ...] | None = None) -> Pack:
+    """Load a pack folder (strict). `dtype` casts every network (e.g. torch.float16)."""
+    path = Path(path)
+    index = read_index(path)
+    try:
+        tokenizer = Tokenizer.from_json((path / "tokenizer.json").read_text())
+    except FileNotFoundError:
+        raise PackError(f"{path} is missing tokenizer.json") from None
+    networks = {}
+    for stage, name in index["stages"].items():
+        if stages is not None and stage not in stages:
+            continue
+        cls, config_cls = STAGES[stage]
+        networks[stage] = load_network(path / name, cls, config_cls, device=device, dtype=dtype)
+    settings = config_from_dict(PackSettings, index.get("settings", {}))
+    card = (path / "README.md").read_text() if (path / "README.md").is_file() else ""
+    return Pack(path, networks, tokenizer, settings, card)
