@@ -25,12 +25,29 @@ class CosineSchedule:
     def for_resolution(cls, resolution: int, base: int = 32) -> CosineSchedule:
         return cls(shift=2.0 * math.log(base / resolution))
 
+    def _angles(self) -> tuple[float, float]:
+        # t=0 and t=1 map exactly onto the log-SNR bounds
+        return math.atan(math.exp(-0.5 * self.logsnr_max)), math.atan(math.exp(-0.5 * self.logsnr_min))
+
     def logsnr(self, t: torch.Tensor) -> torch.Tensor:
-        # invert the clipping so that t=0 and t=1 map exactly onto the bounds
-        t_min = math.atan(math.exp(-0.5 * self.logsnr_max))
-        t_max = math.atan(math.exp(-0.5 * self.logsnr_min))
+        t_min, t_max = self._angles()
         angle = t_min + t.double() * (t_max - t_min)
         return (-2.0 * torch.log(torch.tan(angle)) + self.shift).float()
+
+    def t_from_logsnr(self, lam: torch.Tensor) -> torch.Tensor:
+        """Inverse of `logsnr`."""
+        t_min, t_max = self._angles()
+        angle = torch.atan(torch.exp(-0.5 * (lam.double() - self.shift)))
+        return ((angle - t_min) / (t_max - t_min)).clamp(0, 1).float()
+
+    def timesteps(self, steps: int, spacing: str = "time") -> torch.Tensor:
+        """`steps + 1` times from 1 to 0, uniform in t ("time") or in log-SNR ("logsnr")."""
+        if spacing == "time":
+            return torch.linspace(1.0, 0.0, steps + 1)
+        lam = torch.linspace(self.logsnr_min + self.shift, self.logsnr_max + self.shift, steps + 1)
+        ts = self.t_from_logsnr(lam)
+        ts[0], ts[-1] = 1.0, 0.0
+        return ts
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lam = self.logsnr(t)
