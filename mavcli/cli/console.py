@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mavcli.errors import MavError
 
@@ -22,15 +23,15 @@ def set_quiet(value: bool) -> None:
 
 def info(message: str) -> None:
     if not quiet:
-        err.print(message)
+        err.print(escape(message))
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+    err.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}")
 
 
 def result(message: str) -> None:
