@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from einops import rearrange
 
 from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
+from mavcli.models.blocks import resize_frames
 from mavcli.weights.pack import Pack, load_pack
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -145,7 +146,7 @@ class MakeAVideoPipeline:
         model = guided(net, guidance, text_emb=pooled, context=tokens, context_mask=mask)
         with self._autocast():
             emb = sample(model, x, steps, schedule=CosineSchedule(), sampler=sampler or self.settings.sampler,
-                         generator=gen, callback=_stage_cb(callback, "prior"))
+                         generator=gen, callback=_stage_cb(callback, "prior"), clip=False)
         return F.normalize(emb.float(), dim=-1)
 
     @torch.no_grad()
@@ -204,19 +205,41 @@ class MakeAVideoPipeline:
     @torch.no_grad()
     def interpolate_video(self, keyframes: torch.Tensor, *, frame_skip: int, fps: float, seed: int,
                           callback: ProgressCallback | None = None, cond: dict | None = None, **opts) -> torch.Tensor:
-        """`(b, 3, k, h, w)` -> `(b, 3, (k-1)*frame_skip+1, h, w)`; keyframes kept exactly."""
+        """`(b, 3, k, h, w)` -> `(b, 3, (k-1)*frame_skip+1, h, w)`; keyframes kept exactly.
+
+        F_i runs on windows of `settings.interp_window` keyframes (the length it was trained
+        on) that share their end keyframes, so the windows agree where they meet; windows of
+        one length run as one batch.
+        """
         if frame_skip < 1:
             raise UserInputError(f"frame skip must be >= 1, got {frame_skip}")
         b, c, k, h, w = keyframes.shape
         if frame_skip == 1 or k < 2:
             return keyframes
         n = (k - 1) * frame_skip + 1
-        video = torch.zeros(b, c, n, h, w, device=self.device, dtype=keyframes.dtype)
-        video[:, :, ::frame_skip] = keyframes
-        known = torch.zeros(n, dtype=torch.bool)
-        known[::frame_skip] = True
-        return self.fill_frames(video, known, frame_skip=frame_skip, fps=fps * frame_skip, seed=seed,
-                                callback=callback, cond=cond, **opts)
+        out = torch.zeros(b, c, n, h, w, device=self.device, dtype=keyframes.dtype)
+        out[:, :, ::frame_skip] = keyframes
+        span = max(1, self.settings.interp_window - 1)  # keyframe intervals per window
+        starts = list(range(0, k - 1, span))
+        groups: dict[int, list[int]] = {}
+        for j in starts:
+            groups.setdefault(min(span, k - 1 - j), []).append(j)
+        for g, (intervals, js) in enumerate(sorted(groups.items(), reverse=True)):
+            m = intervals * frame_skip + 1
+            known = torch.zeros(m, dtype=torch.bool)
+            known[::frame_skip] = True
+            batch = torch.cat([out[:, :, j * frame_skip: j * frame_skip + m] for j in js])  # (len(js) b, c, m, h, w)
+            window_cond = None
+            if cond:
+                window_cond = {key: torch.cat([v] * len(js)) for key, v in cond.items()}
+            cb = None
+            if callback is not None:  # one progress run over all groups of windows
+                cb = lambda stage, i, tot, g=g: callback(stage, g * tot + i, len(groups) * tot)  # noqa: E731
+            filled = self.fill_frames(batch, known, frame_skip=frame_skip, fps=fps * frame_skip, seed=seed + intervals,
+                                      callback=cb, cond=window_cond, **opts)
+            for i, j in enumerate(js):
+                out[:, :, j * frame_skip: j * frame_skip + m] = filled[i * b:(i + 1) * b]
+        return out
 
     @torch.no_grad()
     def super_resolve_video(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
@@ -228,9 +251,7 @@ class MakeAVideoPipeline:
         guidance = self._option(guidance, "sr_video", "guidance")
         gen = self._generator(seed, "sr_video")
         b, c, n, h, w = video.shape
-        low = F.interpolate(rearrange(video, "b c f h w -> (b f) c h w"), size=(size, size), mode="bilinear",
-                            align_corners=False, antialias=True)
-        low = rearrange(low, "(b f) c h w -> b c f h w", b=b)
+        low = rearrange(resize_frames(rearrange(video, "b c f h w -> (b f) c h w"), size), "(b f) c h w -> b c f h w", b=b)
         noise = self._noise((b, c, n, size, size), gen)
         chunks = _chunks(n, self.settings.chunk_frames)
         out = []
@@ -255,7 +276,7 @@ class MakeAVideoPipeline:
         gen = self._generator(seed, "sr_image")
         b, c, n, h, w = video.shape
         frames = rearrange(video, "b c f h w -> (b f) c h w")
-        low = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        low = resize_frames(frames, size)
         shared = self._noise((1, c, size, size), gen)  # one noise image for all frames
         step_noise = None
         if sampler == "ddpm":  # ancestral noise is shared across frames too
@@ -285,6 +306,63 @@ class MakeAVideoPipeline:
             raise UserInputError(f"frame size {w}x{h} must be a multiple of {m} for this pack's interpolation network")
         out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed, callback=callback, **opts)
         return VideoOutput(tensor_to_frames(out), fps * factor, seed)
+
+    def interpolate_stream(self, frames: Iterable[np.ndarray], factor: int, *, fps: float, cuts: Iterable[int] = (),
+                           seed: int = 0, chunk: int = 9, callback: ProgressCallback | None = None,
+                           **opts) -> Iterator[np.ndarray]:
+        """Stream version of `interpolate` for long real videos: uint8 frames `(h, w, 3)` in,
+        `factor` times as many out (the last input frame has no successor, so f inputs give
+        (f-1)*factor+1 outputs), with bounded memory: `chunk` input frames are held at a time.
+
+        Frames are reflect-padded to the size the network needs and cropped back. Scene
+        `cuts` (indices of the first frame of a new shot) are never blended across: the gap
+        before a cut is filled with copies of its two neighbours, half each.
+        `callback(stage, done, total)` reports input frames consumed as stage "frames".
+        """
+        if factor < 1:
+            raise UserInputError(f"the interpolation factor must be >= 1, got {factor}")
+        cut_set = set(int(c) for c in cuts)
+        m = self.pack["interpolation"].config.size_multiple
+        segment: list[np.ndarray] = []
+        index = 0
+        emitted_first = False
+
+        def run(seg: list[np.ndarray]) -> np.ndarray:
+            """Interpolate one run of frames of one shot: (k, h, w, 3) -> ((k-1)*factor+1, ...)."""
+            arr = np.stack(seg)
+            h, w = arr.shape[1:3]
+            ph, pw = (-h) % m, (-w) % m
+            if ph or pw:
+                arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+            video = frames_to_tensor(arr, self.device)
+            out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed + index, **opts)
+            return tensor_to_frames(out)[:, :h, :w]
+
+        for frame in frames:
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise UserInputError(f"frames must be (height, width, 3) RGB; got shape {frame.shape}")
+            if index in cut_set and segment:
+                # finish the shot, then bridge the cut with copies (never a blend)
+                out = run(segment) if len(segment) > 1 else np.stack(segment)
+                yield from (out[1:] if emitted_first else out)
+                emitted_first = True
+                last = segment[-1]
+                for j in range(factor - 1):
+                    yield last if j < (factor - 1) // 2 else frame
+                segment = []
+                emitted_first = False  # the new shot's first frame is not shared with the last chunk
+            segment.append(frame)
+            index += 1
+            if len(segment) == chunk:
+                out = run(segment)
+                yield from (out[1:] if emitted_first else out)
+                emitted_first = True
+                segment = [segment[-1]]  # the chunk's last frame starts the next chunk
+            if callback is not None:
+                callback("frames", index, index)
+        if segment and (len(segment) > 1 or not emitted_first):
+            out = run(segment) if len(segment) > 1 else np.stack(segment)
+            yield from (out[1:] if emitted_first else out)
 
     def upsample(self, frames: np.ndarray, *, seed: int = 0, callback: ProgressCallback | None = None) -> VideoOutput:
         """SR_l^t then SR_h on uint8 frames `(f, h, w, 3)`."""

@@ -490,11 +490,9 @@ def read_video(
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """Where the metadata JSON of an output goes: ``out.mp4`` -> ``out.json``, folder
-    ``frames`` -> ``frames.json``."""
+    """Where the metadata JSON of an output goes: ``out.mp4`` -> ``out.mp4.json`` (so
+    ``out.mp4`` and ``out.gif`` never share one), folder ``frames`` -> ``frames.json``."""
     p = Path(path).expanduser()
-    if p.suffix.lower() in _SUFFIX_FORMAT:
-        return p.with_name(p.stem + ".json")
     return p.with_name(p.name + ".json")
 
 

@@ -23,6 +23,9 @@ def diffusion_loss(
     cond_drop_prob: float = 0.0,
     generator: torch.Generator | None = None,
     loss_mask: torch.Tensor | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    drop: torch.Tensor | None = None,
     **cond,
 ) -> torch.Tensor:
     """Mean squared error of the predicted v at a random time.
@@ -34,15 +37,20 @@ def diffusion_loss(
     """
     b = x0.shape[0]
     dev = x0.device
-    t = torch.rand(b, generator=generator, device="cpu").to(dev)
-    eps = torch.randn(x0.shape, generator=generator, device="cpu").to(dev, x0.dtype)
+    if t is None:
+        t = torch.rand(b, generator=generator, device="cpu")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device="cpu")
+    t, eps = t.to(dev), noise.to(dev, x0.dtype)
     alpha, sigma = schedule.alpha_sigma(t)
     alpha, sigma = broadcast(alpha.to(dev), x0), broadcast(sigma.to(dev), x0)
     x_t = alpha * x0 + sigma * eps
     v = alpha * eps - sigma * x0
     kwargs = dict(cond)
-    if cond_drop_prob > 0:
-        kwargs["drop_cond"] = (torch.rand(b, generator=generator, device="cpu") < cond_drop_prob).to(dev)
+    if drop is None and cond_drop_prob > 0:
+        drop = torch.rand(b, generator=generator, device="cpu") < cond_drop_prob
+    if drop is not None:
+        kwargs["drop_cond"] = drop.to(dev)
     pred = model(x_t, t, **kwargs)
     err = (pred.float() - v.float()).square()
     if loss_mask is None:

@@ -44,22 +44,25 @@ def _twice(v):
     return v
 
 
-def _predict(model: Model, x: torch.Tensor, t: float, schedule: CosineSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0 and eps from the model's v at time t."""
+def _predict(model: Model, x: torch.Tensor, t: float, schedule: CosineSchedule,
+             clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 and eps from the model's v at time t; `clip` keeps x0 in the data range [-1, 1]."""
     tt = torch.full((x.shape[0],), t, device=x.device)
     alpha, sigma = (broadcast(a.to(x.device), x) for a in schedule.alpha_sigma(tt))
     v = model(x, tt).to(x.dtype)
-    x0 = (alpha * x - sigma * v).clamp(-1, 1)  # data lives in [-1, 1]
+    x0 = alpha * x - sigma * v
+    if clip:
+        x0 = x0.clamp(-1, 1)
     eps = (x - alpha * x0) / sigma.clamp_min(1e-8)
     return x0, eps
 
 
 def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
-                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, callback: Callback | None = None, clip: bool = True) -> torch.Tensor:
     """Deterministic DDIM (Song et al. 2021, eta = 0) from t=1 to 0 in `steps` uniform steps."""
     ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
     for i in range(steps):
-        x0, eps = _predict(model, x, ts[i], schedule)
+        x0, eps = _predict(model, x, ts[i], schedule, clip)
         if i == steps - 1:  # t = 0: the clean estimate itself
             x = x0
         else:
@@ -72,13 +75,13 @@ def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 
 def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, clip: bool = True) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020) of the posterior q(x_s | x_t, x0) on `steps` steps.
     `noise_fn(like)` draws the fresh noise (default: iid from `generator`)."""
     ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
     draw = noise_fn or (lambda like: torch.randn(like.shape, generator=generator).to(like.device, like.dtype))
     for i in range(steps):
-        x0, _ = _predict(model, x, ts[i], schedule)
+        x0, _ = _predict(model, x, ts[i], schedule, clip)
         a_t, s_t = (v.item() for v in schedule.alpha_sigma(torch.tensor([ts[i]])))
         a_s, s_s = (v.item() for v in schedule.alpha_sigma(torch.tensor([ts[i + 1]])))
         # posterior mean and variance of x_s given x_t and x0
@@ -93,7 +96,8 @@ def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 
 
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
-                    generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, callback: Callback | None = None,
+                    clip: bool = True) -> torch.Tensor:
     """DPM-Solver++(2M), a second-order multistep solver in data prediction (Lu et al. 2022,
     algorithm 2), with steps uniform in log-SNR (far more accurate than uniform-in-t at 10-20
     steps: the oracle tests in tests/test_diffusion.py measure it)."""
@@ -102,7 +106,7 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, steps: int, *, schedule: Cosi
     alphas, sigmas = schedule.alpha_sigma(ts)
     prev_x0 = None
     for i in range(steps):
-        x0, _ = _predict(model, x, ts[i].item(), schedule)
+        x0, _ = _predict(model, x, ts[i].item(), schedule, clip)
         h = (lam[i + 1] - lam[i]).item()
         if prev_x0 is None:
             d = x0

@@ -67,3 +67,12 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize `(n, c, h, w)` frames to `(n, c, size, size)`: area averaging when shrinking,
+    bilinear when enlarging. The super-resolution stages see their low-resolution input
+    through exactly this function in training and in sampling."""
+    if x.shape[-1] > size:
+        return F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

@@ -4,8 +4,6 @@ the paper's ratios scaled down: keyframes -> x4 frames -> x2 -> x2 resolution)."
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from mavcli.models.prior import PriorConfig
@@ -19,6 +17,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
     if preset == "tiny":
         e, t = 16, 16
         unet = dict(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
+        sr = dict(dim=8, dim_mults=(1, 2), dim_head=8, heads=2, blocks_per_level=1)
         settings = PackSettings(keyframes=3, keyframe_size=8, fps=4.0, frame_skip=3, sr_video_size=16, sr_image_size=32,
                                 steps={"prior": 3, "keyframes": 3, "interpolation": 2, "sr_video": 2, "sr_image": 2},
                                 chunk_frames=4)
@@ -30,6 +29,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
     elif preset == "shapes":
         e, t = 64, 128
         unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
+        sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
         settings = PackSettings()
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
@@ -39,11 +39,17 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
     else:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'shapes'")
     configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, fps_cond=True)
-    configs["interpolation"] = UnetConfig(**unet, cond_dim=e, context_dim=t, fps_cond=True, skip_cond=True,
-                                          extra_in_channels=4)
-    configs["sr_video"] = UnetConfig(**{**unet, "attn_levels": (False,) * (len(unet["dim_mults"]) - 1) + (True,)},
+    # F_i sees no text: frames, mask, frame skip and fps say all it needs, and the same network
+    # then serves real footage, which has no caption
+    configs["interpolation"] = UnetConfig(**{**unet, "attn_levels": (False,) * (len(unet["dim_mults"]) - 1) + (True,)},
+                                          fps_cond=True, skip_cond=True, extra_in_channels=4, guidance_null=False)
+    levels = len(sr["dim_mults"])
+    # SR_l^t: temporal attention at the lowest level keeps hallucinated detail consistent
+    configs["sr_video"] = UnetConfig(**sr, attn_levels=(False,) * (levels - 1) + (True,), mid_attn=True,
                                      extra_in_channels=3, guidance_null=False)
-    configs["sr_image"] = dataclasses.replace(configs["sr_video"], temporal=False)
+    # SR_h: convolutional and spatial only; trained on crops, run on whole frames
+    configs["sr_image"] = UnetConfig(**sr, attn_levels=(False,) * levels, mid_attn=False, temporal=False,
+                                     extra_in_channels=3, guidance_null=False)
     return configs, settings
 
 

@@ -15,6 +15,10 @@ from torch import nn
 from mavcli.models.text import TransformerLayer
 from mavcli.nn.embeddings import ScalarEmbedding
 
+# Unit-length embeddings of width 64 have coordinates of std ~0.125; the prior diffuses them
+# scaled up to std ~0.5, the scale the noise schedule is made for (like images in [-1, 1]).
+EMBED_SCALE = 4.0
+
 
 @dataclass(frozen=True)
 class PriorConfig:

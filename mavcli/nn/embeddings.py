@@ -52,15 +52,22 @@ class Rotary(nn.Module):
     """Rotary embedding over 1-D (time) or 2-D (rows, columns) token grids.
 
     `forward(q, k, grid)`: q, k `(batch, heads, n, d)` with n = prod(grid); returns them rotated.
-    For 2-D grids, d/2 channels rotate with the row and d/2 with the column; channels that do
-    not fit a rotation pair are left as they are.
+    Channel pairs (2i, 2i+1) rotate together; for 2-D grids, the first d/2 channels rotate with
+    the row and the next d/2 with the column; channels that do not fit a rotation pair are left
+    as they are.
+
+    The attention layers use the equivalent "half-split" form instead (`half_split_perm`,
+    `angles`): with each head's channels reordered as (pair firsts, pair seconds, rest), a
+    rotation is `(x1 cos - x2 sin, x2 cos + x1 sin)` on two contiguous halves, with no
+    interleaving copies. Reordering the query and key channels the same way leaves every
+    attention logit unchanged, so the layer computes the same function.
     """
 
     def __init__(self, dim_head: int, ndim: int, theta: float = 10000.0) -> None:
         super().__init__()
         if ndim not in (1, 2):
             raise ValueError(f"Rotary supports 1-D or 2-D grids, got ndim={ndim}")
-        self.ndim = ndim
+        self.ndim, self.dim_head = ndim, dim_head
         # channels per axis, rounded down to an even number (rotation pairs)
         self.per_axis = (dim_head // ndim) // 2 * 2
         self.rot_dim = self.per_axis * ndim
@@ -68,34 +75,51 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tables(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin tables `(n, rot_dim)` for a grid, cached per (grid, device, dtype)."""
-        key = (grid, device, dtype)
+    def _cached(self, key: tuple, build) -> tuple[torch.Tensor, torch.Tensor]:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         # normal tensors even when first asked for under inference mode, so a cached table
         # can later take part in autograd
         with torch.inference_mode(False), torch.no_grad():
-            out = self._build(grid, device, dtype)
-        if len(self._cache) > 32:  # many sizes (e.g. tiles): keep the cache bounded
+            out = build()
+        if len(self._cache) > 64:  # many sizes (e.g. tiles): keep the cache bounded
             self._cache.clear()
         self._cache[key] = out
         return out
 
-    def _build(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        inv = self.inv_freq.to(device).clone()
+    def _pair_angles(self, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Angle of every rotation pair at every grid position: `(n, rot_dim / 2)`, float32."""
+        inv = self.inv_freq.to(device)
         axes = []
         for i, size in enumerate(grid):
-            pos = torch.arange(size, device=device, dtype=torch.float32)
-            ang = torch.outer(pos, inv)  # (size, per_axis/2)
-            ang = repeat(ang, "n r -> n (r two)", two=2)  # each pair shares an angle
-            # broadcast over the other axes of the grid
+            ang = torch.outer(torch.arange(size, device=device, dtype=torch.float32), inv)  # (size, per_axis/2)
             shape = [1] * len(grid)
             shape[i] = size
-            axes.append(ang.view(*shape, self.per_axis).expand(*grid, self.per_axis))
-        angles = torch.cat(axes, dim=-1).reshape(-1, self.rot_dim)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+            axes.append(ang.view(*shape, -1).expand(*grid, -1))  # broadcast over the other axes
+        return torch.cat(axes, dim=-1).reshape(-1, self.rot_dim // 2)
+
+    def tables(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables `(n, rot_dim)` (each pair's angle twice), cached per (grid, device, dtype)."""
+        def build():
+            ang = repeat(self._pair_angles(grid, device), "n r -> n (r two)", two=2)
+            return ang.cos().to(dtype), ang.sin().to(dtype)
+        return self._cached(("interleaved", tuple(grid), device, dtype), build)
+
+    def angles(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of each pair's angle, `(n, rot_dim / 2)`, for the half-split form; cached."""
+        if len(grid) != self.ndim:
+            raise ValueError(f"Rotary built for {self.ndim}-D grids got grid {grid}")
+
+        def build():
+            ang = self._pair_angles(grid, device)
+            return ang.cos().to(dtype), ang.sin().to(dtype)
+        return self._cached(("half", tuple(grid), device, dtype), build)
+
+    def half_split_perm(self) -> list[int]:
+        """Channel order of the half-split form: pair firsts, pair seconds, unrotated rest."""
+        r = self.rot_dim
+        return [*range(0, r, 2), *range(1, r, 2), *range(r, self.dim_head)]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(grid) != self.ndim:

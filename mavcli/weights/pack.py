@@ -37,6 +37,7 @@ class PackSettings:
     keyframe_size: int = 32  # D^t's resolution
     fps: float = 4.0  # keyframe rate; the video plays at fps * frame_skip
     frame_skip: int = 4  # F_i fills (frame_skip - 1) frames between keyframes
+    interp_window: int = 3  # keyframes per F_i window (as trained)
     sr_video_size: int = 64  # SR_l^t output
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"

@@ -1,0 +1,177 @@
+"""`mav generate PROMPT`: text to video through the whole cascade."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mavcli.cli import console
+from mavcli.cli.progress import CascadeProgress
+from mavcli.errors import UserInputError
+
+FORMATS = ("mp4", "gif", "webm", "png")
+MAX_PROMPT_CHARS = 500
+
+
+def _slug(prompt: str) -> str:
+    words = re.findall(r"[a-z0-9]+", prompt.lower())
+    return "-".join(words)[:60].strip("-") or "video"
+
+
+def _pairs(items: list[str], what: str, cast) -> dict:
+    out = {}
+    stages = ("prior", "keyframes", "interpolation", "sr_video", "sr_image")
+    for item in items:
+        stage, sep, value = item.partition("=")
+        if not sep or stage not in stages:
+            raise UserInputError(f"{what} takes STAGE=VALUE with STAGE one of {', '.join(stages)}; got {item!r}")
+        try:
+            out[stage] = cast(value)
+        except ValueError:
+            raise UserInputError(f"{what} {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
+    if prompt is not None and prompts_file is not None:
+        raise UserInputError("give either a PROMPT or --prompts FILE, not both")
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text().splitlines()
+        except OSError as err:
+            raise UserInputError(f"cannot read --prompts {prompts_file}: {err.strerror}") from None
+        items = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not items:
+            raise UserInputError(f"{prompts_file} has no prompts (one per line)")
+    elif prompt is None:
+        raise UserInputError('give a prompt, e.g. mav generate "a red circle moving left on a black background"')
+    else:
+        items = [prompt]
+    for p in items:
+        if not p.strip():
+            raise UserInputError("the prompt is empty; describe the video, e.g. 'a red circle moving left on a black background'")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise UserInputError(f"the prompt is {len(p)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    return items
+
+
+def _output_path(out: Optional[Path], fmt: str, prompt: str, seed: int, multiple: bool) -> Path:
+    suffix = "" if fmt == "png" else f".{fmt}"
+    if out is None:
+        return Path(f"{_slug(prompt)}-seed{seed}{suffix}")
+    if multiple or (out.exists() and out.is_dir() and fmt != "png"):
+        # several videos, or an existing folder: OUT is a folder and names derive from prompts
+        return out / f"{_slug(prompt)}-seed{seed}{suffix}"
+    if fmt != "png" and out.suffix.lower() != suffix:
+        raise UserInputError(f"--out {out} does not end in {suffix}; use a {suffix} name or --format {out.suffix.lstrip('.') or 'png'}")
+    return out
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserInputError(f"the output folder {parent} does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK):
+        raise UserInputError(f"the output folder {parent} is not writable; choose another --out")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def generate(
+        prompt: Optional[str] = typer.Argument(None, help="What the video shows."),
+        pack: Optional[str] = typer.Option(None, help="Pack: a name from weights.toml, a folder, or a Hub repo id. Default: the bundled pack."),
+        seed: Optional[int] = typer.Option(None, help="Random seed (printed when not given, to reproduce a result)."),
+        steps: Optional[int] = typer.Option(None, help="Sampler steps for every stage (default: the pack's)."),
+        stage_steps: list[str] = typer.Option([], "--stage-steps", help="Per-stage steps, e.g. --stage-steps keyframes=30."),
+        guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale for prior and keyframes."),
+        stage_guidance: list[str] = typer.Option([], "--stage-guidance", help="Per-stage guidance, e.g. --stage-guidance prior=2."),
+        frames: Optional[int] = typer.Option(None, help="Frames in the video (default: the pack's, e.g. 29)."),
+        fps: Optional[float] = typer.Option(None, help="Frames per second of the video (default: the pack's)."),
+        sampler: Optional[str] = typer.Option(None, help="dpmpp (default), ddim or ddpm."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or folder for --format png / several videos)."),
+        fmt: str = typer.Option("mp4", "--format", "-f", help="mp4, gif, webm, or png (a folder of frames)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        num_videos: int = typer.Option(1, "--num-videos", "-n", help="Videos per prompt (seeds seed, seed+1, ...)."),
+        prompts: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the output paths."),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time of every stage."),
+    ) -> None:
+        """Make a video from a text prompt: text encoder -> prior -> keyframes -> interpolation -> super-resolution."""
+        t_start = time.perf_counter()
+        console.set_quiet(quiet)
+        with console.user_errors():
+            fmt = fmt.lower()
+            if fmt not in FORMATS:
+                raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
+            if num_videos < 1:
+                raise UserInputError("--num-videos must be >= 1")
+            if frames is not None and frames < 1:
+                raise UserInputError("--frames must be >= 1")
+            if fps is not None and not fps > 0:
+                raise UserInputError("--fps must be > 0")
+            items = _prompts(prompt, prompts)
+            step_table = _pairs(stage_steps, "--stage-steps", int)
+            guide_table = _pairs(stage_guidance, "--stage-guidance", float)
+            if steps is not None:
+                step_table = {s: step_table.get(s, steps) for s in ("prior", "keyframes", "interpolation", "sr_video", "sr_image")}
+            if guidance is not None:
+                guide_table = {"prior": guidance, "keyframes": guidance, **guide_table}
+            if any(v < 1 for v in step_table.values()):
+                raise UserInputError("steps must be >= 1")
+            base_seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31
+            jobs = [(p, base_seed + i) for p in items for i in range(num_videos)]
+            multiple = len(jobs) > 1
+            paths = [_output_path(out, fmt, p, s, multiple) for p, s in jobs]
+            from mavcli.video import sidecar_path
+
+            for path in paths:
+                _check_parent(path)
+                for target in (path, sidecar_path(path)):
+                    if target.exists() and not overwrite:
+                        raise UserInputError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
+            if seed is None:
+                console.info(f"seed {base_seed} (pass --seed {base_seed} to reproduce)")
+
+            from mavcli.pipeline import MakeAVideoPipeline
+            from mavcli.video import write_video
+
+            t0 = time.perf_counter()
+            pipe = MakeAVideoPipeline.from_pretrained(pack, device=device)
+            load_s = time.perf_counter() - t0
+            s = pipe.settings
+            skip = s.frame_skip
+            keyframes = None if frames is None else max(1, math.ceil((frames - 1) / skip) + 1)
+            key_fps = None if fps is None else fps / skip
+            for (text, sd), path in zip(jobs, paths):
+                label = f"[{jobs.index((text, sd)) + 1}/{len(jobs)}] " if multiple else ""
+                with CascadeProgress(label, disable=quiet) as progress:
+                    video = pipe(text, seed=sd, num_keyframes=keyframes, fps=key_fps, steps=step_table or None,
+                                 guidance=guide_table or None, sampler=sampler, callback=progress.callback)
+                if video.unknown_words:
+                    console.warn(f"words this pack does not know (read as unknown): {', '.join(video.unknown_words)}")
+                clip = video.frames if frames is None else video.frames[:frames]
+                meta = {"prompt": text, "seed": sd, "pack": str(pipe.pack.path), "fps": video.fps,
+                        "frames": int(clip.shape[0]), "size": list(clip.shape[1:3]), "steps": step_table or s.steps,
+                        "guidance": guide_table or s.guidance, "sampler": sampler or s.sampler, "device": str(pipe.device),
+                        "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}
+                written = write_video(path, clip, video.fps, format=fmt, metadata=meta, overwrite=overwrite)
+                if verbose:
+                    parts = ", ".join(f"{k} {v:.2f}s" for k, v in video.timings.items())
+                    console.err.print(f"load {load_s:.2f}s, {parts}; {clip.shape[0]} frames {clip.shape[2]}x{clip.shape[1]} at {video.fps:g} fps")
+                console.result(str(written))
+            if verbose:
+                console.err.print(f"total {time.perf_counter() - t_start:.2f}s in this command")
+
+
+def _version() -> str:
+    from mavcli import __version__
+
+    return __version__

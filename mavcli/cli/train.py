@@ -1,0 +1,113 @@
+"""`mav train STAGE` for every stage of the cascade, and `mav train export` to write a pack.
+
+Runs on one process or under `torchrun --nproc_per_node N -m mavcli train STAGE ...` (DDP).
+"""
+
+from __future__ import annotations
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mavcli.cli import console
+from mavcli.errors import UserInputError
+
+STAGE_HELP = {
+    "clip": "text encoder C_x + image encoder, contrastive (CLIP) on captioned frames",
+    "prior": "prior P: text -> image embedding (needs --encoders)",
+    "keyframes_image": "keyframe decoder as a 2-D image model first (needs --encoders)",
+    "keyframes": "keyframe decoder D^t on video, inflated from keyframes_image (--init-from)",
+    "interpolation": "frame interpolation F_i (masked frames, frame skip, fps)",
+    "sr_video": "spatiotemporal super-resolution SR_l^t",
+    "sr_image": "spatial super-resolution SR_h (per frame)",
+}
+
+
+def _config(stage: str, config_file: Optional[Path], options: dict):
+    from mavcli.train.loop import TrainConfig
+
+    values: dict = {}
+    if config_file is not None:
+        try:
+            values.update(tomllib.loads(config_file.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise UserInputError(f"cannot read config {config_file}: {err}") from None
+        allowed = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise UserInputError(f"{config_file}: unknown keys {unknown}; allowed: {sorted(allowed - {'stage'})}")
+    values.update({k: v for k, v in options.items() if v is not None})
+    values["stage"] = stage
+    return TrainConfig(**values)
+
+
+def _make_command(stage: str):
+    def command(
+        steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
+        lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+        out: Optional[str] = typer.Option(None, help="Runs folder; checkpoints go to OUT/STAGE/last.safetensors."),
+        preset: Optional[str] = typer.Option(None, help="Network sizes: shapes or tiny."),
+        seed: Optional[int] = typer.Option(None),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Steps between checkpoints."),
+        encoders: Optional[str] = typer.Option(None, help="The clip checkpoint (prior and decoder stages)."),
+        init_from: Optional[str] = typer.Option(None, "--init-from", help="keyframes: the keyframes_image checkpoint to inflate."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads per process."),
+        config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of these options."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+        device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        console.set_quiet(quiet)
+        with console.user_errors():
+            from mavcli.pipeline import resolve_device
+            from mavcli.train.loop import train
+
+            opts = dict(steps=steps, batch_size=batch_size, lr=lr, out=out, preset=preset, seed=seed,
+                        ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads)
+            cfg = _config(stage, config, opts)
+            dev = resolve_device(device)
+            progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.2f} steps/s"),
+                                TimeRemainingColumn(), console=console.err, disable=quiet)
+            with progress:
+                task = progress.add_task(stage, total=cfg.steps, loss=float("nan"), rate=0.0)
+
+                def on_step(r):
+                    progress.update(task, completed=r.step, loss=r.loss, rate=r.steps_per_s)
+
+                last = train(cfg, resume=resume, device=dev, on_step=on_step)
+            console.result(str(last))
+
+    command.__doc__ = f"Train {STAGE_HELP[stage]}."
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    train_app = typer.Typer(help="Train the cascade's networks, then export them as a pack.", no_args_is_help=True)
+    for stage in STAGE_HELP:
+        train_app.command(stage)(_make_command(stage))
+
+    @train_app.command("export")
+    def export(
+        runs: Path = typer.Option(Path("runs"), help="The runs folder of `mav train`."),
+        out: Path = typer.Option(..., help="Pack folder to write."),
+        preset: str = typer.Option("shapes"),
+        card: Optional[Path] = typer.Option(None, help="A model card (markdown) to include."),
+        overwrite: bool = typer.Option(False, "--overwrite"),
+    ) -> None:
+        """Write a pack (float16 safetensors) from the EMA weights of every stage's last checkpoint."""
+        with console.user_errors():
+            from mavcli.train.export import export_pack
+
+            text = card.read_text() if card else ""
+            console.result(str(export_pack(runs, out, preset=preset, card=text, overwrite=overwrite)))
+
+    app.add_typer(train_app, name="train")

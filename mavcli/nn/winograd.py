@@ -1,0 +1,228 @@
+"""Winograd minimal-filtering 3x3 convolution for Pseudo3DConv on CPU (Lavin & Gray 2016,
+"Fast Algorithms for Convolutional Neural Networks", F(4x4, 3x3)).
+
+A direct 3x3 'same' convolution costs 9 multiply-adds per output pixel and channel pair.
+F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 products instead of
+144, so the channel-mixing GEMM does 4x fewer FLOPs:
+
+    input tile  d (6x6)  ->  V = B^T d B           (two small matmuls over the whole batch)
+    weight      g (3x3)  ->  U = G g G^T           (one small matmul)
+    product              ->  M[xi] = V[xi] @ U[xi]  (36 GEMMs over channels)
+    output tile          ->  Y = A^T M A  (4x4)    (two small matmuls)
+
+The interpolation points 0, +-1, +-2 keep the transforms exact in binary (integers and 1/24
+multiples of small integers) and the float32 error small: about 1e-5 of the output's largest
+value at the seed shapes, against 3e-7 for the direct convolution (see
+tests/test_layer_speedpaths.py), well inside the 1e-4 that float32 training tolerates.
+
+The transforms run channels-last (`..., c` innermost): each is a matmul with a 6x6 (or 4x6)
+constant whose other operand is a contiguous `(6, rest)` block. Backward is written by hand
+(`torch.autograd.Function`): the gradient GEMMs run in the transform domain as well
+(dU = V^T dM, dV = dM U^T), so forward and backward both get the FLOP cut.
+
+`use_winograd` says where it runs: CPU, float32, kernel 3, stride 1, enough channels. On CUDA
+cuDNN already chooses Winograd or implicit-GEMM kernels itself, and for a handful of channels
+the transforms cost more than the GEMM saves; there `F.conv2d` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+# Fewest input and output channels for which the fast path is taken: the transforms cost
+# O(channels) per pixel, the GEMM it saves O(channels^2) (measured on a 2-core AVX-512 CPU:
+# break-even near 24 channels at 16x16).
+MIN_CHANNELS = 32
+
+_enabled = True
+
+
+def fast_paths_enabled() -> bool:
+    """Whether the Winograd paths may be used (see `fast_paths`)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool) -> Iterator[None]:
+    """Turn the Winograd convolution paths on or off inside the block, e.g. to compare them
+    with the reference `F.conv2d` computation. Not thread-local."""
+    global _enabled
+    old, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
+def use_winograd(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """True where `conv(x)` is computed by `conv3x3`: CPU float32, 3x3 kernel, stride 1,
+    padding 1, no dilation or groups, >= MIN_CHANNELS channels in and out, no autocast."""
+    return (
+        _enabled
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+# --- transform matrices of F(4, 3) with points 0, 1, -1, 2, -2, inf ------------------------------
+
+_BT = (
+    (4.0, 0.0, -5.0, 0.0, 1.0, 0.0),
+    (0.0, -4.0, -4.0, 1.0, 1.0, 0.0),
+    (0.0, 4.0, -4.0, -1.0, 1.0, 0.0),
+    (0.0, -2.0, -1.0, 2.0, 1.0, 0.0),
+    (0.0, 2.0, -1.0, -2.0, 1.0, 0.0),
+    (0.0, 4.0, 0.0, -5.0, 0.0, 1.0),
+)
+_G = (
+    (1 / 4, 0.0, 0.0),
+    (-1 / 6, -1 / 6, -1 / 6),
+    (-1 / 6, 1 / 6, -1 / 6),
+    (1 / 24, 1 / 12, 1 / 6),
+    (1 / 24, -1 / 12, 1 / 6),
+    (0.0, 0.0, 1.0),
+)
+_AT = (
+    (1.0, 1.0, 1.0, 1.0, 1.0, 0.0),
+    (0.0, 1.0, -1.0, 2.0, -2.0, 0.0),
+    (0.0, 1.0, 1.0, 4.0, 4.0, 0.0),
+    (0.0, 1.0, -1.0, 8.0, -8.0, 1.0),
+)
+# A^T's column 1 is all ones: a constant added to M[1, 1] reaches each of the 16 outputs once,
+# which is where the bias goes.
+_BIAS_POINT = 1 * 6 + 1
+
+_mats: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def _matrices(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """BT (6, 6), B = BT^T, AT (4, 6), A = AT^T and G (x) G (36, 9), cached per device/dtype."""
+    key = (device, dtype)
+    m = _mats.get(key)
+    if m is None:
+        bt, at, g = (torch.tensor(t, dtype=torch.float64) for t in (_BT, _AT, _G))
+        m = {"BT": bt, "B": bt.t(), "AT": at, "A": at.t(), "GG": torch.kron(g, g)}
+        m = _mats[key] = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in m.items()}
+    return m
+
+
+def _two_sided(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`mat (o, i)` applied to both leading axes of `x (i, i, ...)`: `(o, o, ...)`, i.e.
+    mat X mat^T for every trailing index."""
+    o, i = mat.shape
+    rest = x[0, 0].numel()
+    t = torch.mm(mat, x.reshape(i, i * rest))  # first axis
+    return torch.matmul(mat, t.view(o, i, rest))  # second axis, batched over the first
+
+
+# --- F(4x4, 3x3) -------------------------------------------------------------------------------
+
+
+class _Conv3x3(torch.autograd.Function):
+    """`F.conv2d(x, weight, bias, padding=1)` by Winograd F(4x4, 3x3).
+
+    `x (n, c, h, w)` in any memory layout; returns `(n, k, h, w)` contiguous, or with
+    `channels_last_out` the `(n, h, w, k)` contiguous tensor (what a following conv along
+    time reads without a transpose).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, channels_last_out):
+        n, c, h, w = x.shape
+        k = weight.shape[0]
+        th, tw = (h + 3) // 4, (w + 3) // 4
+        p = n * th * tw
+        mats = _matrices(x.device, x.dtype)
+        # zero-padded channels-last input (n, 4 th + 2, 4 tw + 2, c)
+        xp = x.new_empty(n, 4 * th + 2, 4 * tw + 2, c)
+        xp[:, 0].zero_()
+        xp[:, h + 1 :].zero_()
+        xp[:, :, 0].zero_()
+        xp[:, :, w + 1 :].zero_()
+        xp[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+        # the 6x6 tiles (stride 4) gathered as (6, 6, n, th, tw, c), then V = B^T d B
+        s = xp.stride()
+        tiles = xp.as_strided((6, 6, n, th, tw, c), (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3])).contiguous()
+        del xp
+        v = _two_sided(mats["BT"], tiles).view(36, p, c)
+        del tiles
+        # U^T (36, c, k) from the kernel, then 36 GEMMs (p, c) @ (c, k)
+        ut = torch.mm(mats["GG"], weight.permute(1, 0, 2, 3).reshape(c * k, 9).t()).view(36, c, k)
+        m = torch.bmm(v, ut)
+        if bias is not None:
+            m[_BIAS_POINT].add_(bias)
+        y = _two_sided(mats["AT"], m.view(6, 6, p * k)).view(4, 4, n, th, tw, k)
+        del m
+        ctx.save_for_backward(v, ut)
+        ctx.meta = (n, c, h, w, k, bias is not None, channels_last_out)
+        if channels_last_out:
+            y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * th, 4 * tw, k)
+            return y if (4 * th, 4 * tw) == (h, w) else y[:, :h, :w].contiguous()
+        y = y.permute(2, 5, 3, 0, 4, 1).reshape(n, k, 4 * th, 4 * tw)
+        return y if (4 * th, 4 * tw) == (h, w) else y[:, :, :h, :w].contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        v, ut = ctx.saved_tensors
+        n, c, h, w, k, has_bias, channels_last_out = ctx.meta
+        th, tw = (h + 3) // 4, (w + 3) // 4
+        p = n * th * tw
+        mats = _matrices(grad.device, grad.dtype)
+        g = grad if channels_last_out else grad.permute(0, 2, 3, 1)  # (n, h, w, k)
+        if (4 * th, 4 * tw) != (h, w):
+            g = F.pad(g, (0, 0, 0, 4 * tw - w, 0, 4 * th - h))
+        # output tiles (4, 4, n, th, tw, k), then dM = A dY A^T
+        gt = g.reshape(n, th, 4, tw, 4, k).permute(2, 4, 0, 1, 3, 5).contiguous()
+        del g
+        dm = _two_sided(mats["A"], gt).view(36, p, k)
+        del gt
+        dx = dw = db = None
+        if has_bias and ctx.needs_input_grad[2]:
+            db = dm[_BIAS_POINT].sum(0)
+        if ctx.needs_input_grad[1]:
+            dut = torch.bmm(v.transpose(1, 2), dm)  # (36, c, k)
+            dw = torch.mm(dut.view(36, c * k).t(), mats["GG"]).view(c, k, 3, 3).permute(1, 0, 2, 3).contiguous()
+        if ctx.needs_input_grad[0]:
+            dv = torch.bmm(dm, ut.transpose(1, 2))  # (36, p, c)
+            del dm
+            dt = _two_sided(mats["B"], dv.view(6, 6, p * c)).view(6, 6, n, th, tw, c)
+            del dv
+            # overlap-add of the 6x6 tiles (stride 4) into (n, th + 1, 4, tw + 1, 4, c)
+            d = dt.permute(2, 3, 0, 4, 1, 5)  # (n, th, 6, tw, 6, c)
+            acc = grad.new_empty(n, th + 1, 4, tw + 1, 4, c)
+            acc[:, :th, :, :tw].copy_(d[:, :, :4, :, :4])
+            acc[:, th].zero_()
+            acc[:, :th, :, tw].zero_()
+            acc[:, 1:, :2, :tw].add_(d[:, :, 4:, :, :4])
+            acc[:, :th, :, 1:, :2].add_(d[:, :, :4, :, 4:])
+            acc[:, 1:, :2, 1:, :2].add_(d[:, :, 4:, :, 4:])
+            del dt, d
+            acc = acc.view(n, 4 * th + 4, 4 * tw + 4, c)
+            dx = acc[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2).contiguous()
+        return dx, dw, db, None
+
+
+def conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, channels_last_out: bool = False
+) -> torch.Tensor:
+    """`F.conv2d(x, weight, bias, padding=1)` by Winograd F(4x4, 3x3), differentiable.
+
+    `x`: `(n, c, h, w)` float; `weight`: `(k, c, 3, 3)`. Returns `(n, k, h, w)` contiguous, or
+    `(n, h, w, k)` contiguous with `channels_last_out=True`.
+    """
+    return _Conv3x3.apply(x, weight, bias, channels_last_out)

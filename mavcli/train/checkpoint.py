@@ -1,0 +1,86 @@
+"""Training checkpoints as one safetensors file: model, EMA and optimizer tensors plus JSON
+metadata (step, configs). Written to a temporary name and renamed, so a run killed at any
+moment leaves its last good checkpoint intact. Never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mavcli.errors import PackError
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten Adam-style state into named tensors (safetensors has no nested objects)."""
+    tensors, scalars = {}, {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            name = names[id(p)]
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim/{name}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{name}/{key}"] = value
+    return tensors, scalars
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module | None,
+                    optimizer: torch.optim.Optimizer | None, step: int, meta: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    scalars = {}
+    if optimizer is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        opt_tensors, scalars = _optimizer_tensors(optimizer, names)
+        tensors.update(opt_tensors)
+    metadata = {"format": "mavcli-checkpoint", "step": str(step), "meta": json.dumps(meta),
+                "optim_scalars": json.dumps(scalars)}
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict, dict[str, torch.Tensor], dict]:
+    """(step, meta, tensors, optimizer scalars) of a checkpoint file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unusable file
+        raise PackError(f"checkpoint {path} is not readable safetensors ({err})") from None
+    if md.get("format") != "mavcli-checkpoint":
+        raise PackError(f"{path} is not a mavcli training checkpoint")
+    return int(md["step"]), json.loads(md["meta"]), tensors, json.loads(md.get("optim_scalars", "{}"))
+
+
+def restore(path, *, model, ema, optimizer) -> tuple[int, dict]:
+    """Load a checkpoint into model / EMA / optimizer (strict); returns (step, meta)."""
+    from mavcli.weights.safetensors_io import load_state_strict
+
+    step, meta, tensors, scalars = read_checkpoint(path)
+    sub = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    load_state_strict(model, sub("model/"), f"{path} (model)")
+    if ema is not None:
+        load_state_strict(ema, sub("ema/"), f"{path} (ema)")
+    if optimizer is not None:
+        by_name = dict(model.named_parameters())
+        for key, value in sub("optim/").items():
+            name, field = key.rsplit("/", 1)
+            optimizer.state[by_name[name]][field] = value.to(by_name[name].device)
+        for key, value in scalars.items():
+            name, field = key.rsplit("/", 1)
+            optimizer.state[by_name[name]][field] = value
+    return step, meta

@@ -1,0 +1,178 @@
+"""The training loop shared by every stage: AdamW with warm-up, gradient clipping, an EMA of
+the weights, periodic atomic checkpoints and exact resume, and data parallelism with
+torch.distributed (DDP; NCCL on GPUs, gloo on CPU) when run under torchrun.
+
+Sample indices are global: step s of a run with global batch B uses samples
+[s*B, (s+1)*B); rank r of N takes the r-th slice. With per-sample random draws (tasks.py),
+N processes take exactly the optimizer step one process takes with the same global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mavcli.errors import UserInputError
+from mavcli.train.checkpoint import restore, save_checkpoint
+from mavcli.train.tasks import TRAIN_STAGES, Task, load_encoders, shapes_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str
+    out: str = "runs"
+    preset: str = "shapes"
+    steps: int = 1000
+    batch_size: int = 16  # global batch, split across ranks
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    ckpt_every: int = 200
+    cond_drop: float = 0.1
+    encoders: str | None = None  # clip checkpoint (prior, keyframes_image, keyframes)
+    init_from: str | None = None  # keyframes: the keyframes_image checkpoint to inflate
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in TRAIN_STAGES:
+            raise UserInputError(f"unknown stage {self.stage!r}; stages are {', '.join(TRAIN_STAGES)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise UserInputError("steps and batch size must be >= 1")
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    loss: float
+    steps_per_s: float
+    lr: float
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by torchrun (env:// rendezvous)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return _distributed()
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 10%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    d = min(decay, (1 + step) / (10 + step))  # short memory early on
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / cfg.stage
+
+
+def build_task(cfg: TrainConfig) -> Task:
+    tokenizer = shapes_tokenizer()
+    encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
+    return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",
+          on_step: Callable[[StepReport], None] | None = None, stop_at: int | None = None) -> Path:
+    """Train one stage; returns the path of the last checkpoint. `stop_at` ends the run early
+    (at that step) with the schedule of the full `cfg.steps`, as a killed run would."""
+    rank, world = init_distributed()
+    if cfg.batch_size % world:
+        raise UserInputError(f"batch size {cfg.batch_size} does not split over {world} processes")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(device)
+    task = build_task(cfg)
+    if task.encoders is not None:
+        task.encoders.to(device)
+    init = None
+    if cfg.stage == "keyframes" and cfg.init_from and not resume:
+        init = task.build_model()  # placeholder replaced below
+        from mavcli.train.checkpoint import read_checkpoint
+        from mavcli.weights.safetensors_io import load_state_strict
+
+        image_task = Task("keyframes_image", cfg.preset, cfg.seed, cfg.cond_drop, task.tokenizer, task.encoders)
+        init = image_task.build_model()
+        _, _, tensors, _ = read_checkpoint(cfg.init_from)
+        load_state_strict(init, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, cfg.init_from)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(init).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    out = run_dir(cfg)
+    last = out / "last.safetensors"
+    start = 0
+    if resume:
+        if not last.is_file():
+            raise UserInputError(f"nothing to resume: {last} does not exist (start without --resume)")
+        start, meta = restore(last, model=model, ema=ema, optimizer=opt)
+        if meta.get("config", {}).get("stage") != cfg.stage:
+            raise UserInputError(f"{last} is a checkpoint of stage {meta.get('config', {}).get('stage')}, not {cfg.stage}")
+    wrapped = model
+    if world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    local = cfg.batch_size // world
+    meta = {"config": asdict(cfg), "vocab": task.tokenizer.vocab}
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    t_last, s_last = time.perf_counter(), start
+    for step in range(start, end):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        first = step * cfg.batch_size + rank * local
+        indices = list(range(first, first + local))
+        model.train()
+        loss = task.loss(wrapped, indices, step, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, model, step, cfg.ema_decay)
+        done = step + 1
+        if on_step is not None and rank == 0:
+            now = time.perf_counter()
+            rate = (done - s_last) / max(now - t_last, 1e-9)
+            on_step(StepReport(done, cfg.steps, float(loss.detach()), rate, lr_at(step, cfg)))
+        if rank == 0 and (done % cfg.ckpt_every == 0 or done == end):
+            save_checkpoint(last, model=model, ema=ema, optimizer=opt, step=done, meta=meta)
+            _log(out, {"step": done, "loss": float(loss.detach()), "time": time.time()})
+    if world > 1:
+        dist.barrier()
+    return last
+
+
+def _log(out: Path, row: dict) -> None:
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")

