@@ -11,6 +11,17 @@ The seed's TODOs "soup up the attention" and "best positional embeddings": atten
 the fused kernel on CPU), with query-key RMS normalisation (stable logits in low precision,
 Dehghani et al. 2023), rotary positions (see `embeddings.py`), optional causal time attention,
 and an optional learned EMA across time (Mega, see `ema.py`).
+
+Speed (the block is memory-bound outside its GEMMs on CPU, so the layout is planned to make
+every step a contiguous pass or a free view):
+- tokens live time-major, `(f, b, h*w, c)`: the spatial attention's batches are `(f b)` and
+  the temporal attention's are `(b h w)`, both plain views, so neither attention rearranges
+  the token tensor, and `scaled_dot_product_attention` writes its output straight in token
+  layout (it follows the query's strides);
+- query-key RMS normalisation, its gain and the rotary rotation are one hand-differentiated
+  step (`_QKNormRotary`) on the "half-split" channel order (see `Rotary`), obtained for free by
+  reordering the rows of the q/k projection;
+- the residual adds ride on the output projections' GEMMs (`addmm`).
 """
 
 from __future__ import annotations
@@ -19,11 +30,147 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from mavcli.nn.embeddings import Rotary
 from mavcli.nn.ema import LearnedTemporalEMA
 from mavcli.nn.norm import RMSNorm
 from mavcli.nn.shapes import check_input
+
+
+def _rotation_tables(gain, cos, sin, dtype):
+    """Per-pair factors `(a, b, c, e)` of gain-then-rotate in half-split order, each
+    `(1, p, 1, 2, 1, r2)`: y1 = x1 a - x2 b, y2 = x2 c + x1 e (gains folded in)."""
+    r2 = cos.shape[-1]
+    cs = cos.to(dtype).view(1, -1, 1, 1, 1, r2)
+    sn = sin.to(dtype).view(1, -1, 1, 1, 1, r2)
+    if gain is None:
+        return cs, sn, cs, sn
+    g1, g2 = gain[:, None, :r2], gain[:, None, r2 : 2 * r2]
+    return g1 * cs, g2 * sn, g2 * cs, g1 * sn
+
+
+class _SelfQKV(torch.autograd.Function):
+    """Self-attention inputs in one step: `qkv = h @ w.T`, then for q and k: RMS norm over each
+    head vector, gain, rotary rotation; v passes through.
+
+    `h`: `(T, dim)`, T = a*p*m tokens with their rotary position on the middle factor p;
+    `w`: `(3 * heads * d, dim)`, q and k rows in half-split channel order (see `Rotary`);
+    `gain`: `(2, d)` (q's, k's, same order) or None; `cos`, `sin`: `(p, r2)` (r2 = 0: no
+    rotary). Returns q, k `(a, p, m, heads, d)` and v `(T, heads, d)`, views.
+
+    Hand-written backward: the gradients of q, k and v arrive as three tensors and are never
+    concatenated (the projection's backward runs as one GEMM per part), and the norm-gain-rotary
+    steps take 4 passes forward and 8 backward, about half of what autograd records.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, gain, cos, sin, a, p, m, heads, eps, norm):
+        inner = w.shape[0] // 3
+        d = inner // heads
+        r2 = cos.shape[-1]
+        qkv = torch.mm(h, w.t())
+        x = qkv[:, : 2 * inner].view(a, p, m, 2, heads, d)
+        r = None
+        if norm:
+            # 1 / rms per head vector from one reduction pass (float32 at least)
+            acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+            ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc)
+            r = ss.square_().div_(d).add_(eps).rsqrt_().to(x.dtype)
+            xh = x * r
+        else:
+            xh = x.contiguous()
+        g = None if gain is None else gain.to(x.dtype)
+        if r2 == 0 and g is None:
+            y = xh
+        else:
+            y = torch.empty_like(xh, memory_format=torch.contiguous_format)
+            if r2:
+                ta, tb, tc, te = _rotation_tables(g, cos, sin, x.dtype)
+                x1, x2 = xh[..., :r2], xh[..., r2 : 2 * r2]
+                y1, y2 = y[..., :r2], y[..., r2 : 2 * r2]
+                torch.mul(x1, ta, out=y1)
+                y1.addcmul_(x2, tb, value=-1.0)
+                torch.mul(x2, tc, out=y2)
+                y2.addcmul_(x1, te)
+            if 2 * r2 < d:
+                rest, out = xh[..., 2 * r2 :], y[..., 2 * r2 :]
+                torch.mul(rest, g[:, None, 2 * r2 :], out=out) if g is not None else out.copy_(rest)
+        ctx.save_for_backward(h, w, xh, r, g, cos, sin)
+        ctx.norm = norm
+        v = qkv[:, 2 * inner :].view(-1, heads, d)
+        return y[..., 0, :, :], y[..., 1, :, :], v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gq, gk, gv):
+        h, w, xh, r, g, cos, sin = ctx.saved_tensors
+        inner = w.shape[0] // 3
+        d = xh.shape[-1]
+        r2 = cos.shape[-1]
+        grads = [gq, gk]
+        for j in range(2):
+            if grads[j] is None:
+                grads[j] = xh.new_zeros(xh[..., j, :, :].shape)
+        # u: the output gradient rotated back (w.r.t. the gained, unrotated vectors)
+        if r2:
+            cs = cos.to(xh.dtype).view(1, -1, 1, 1, r2)
+            sn = sin.to(xh.dtype).view(1, -1, 1, 1, r2)
+            u = torch.empty_like(xh)
+            for j, gy in enumerate(grads):
+                gy1, gy2 = gy[..., :r2], gy[..., r2 : 2 * r2]
+                u1, u2 = u[..., j, :, :r2], u[..., j, :, r2 : 2 * r2]
+                torch.mul(gy1, cs, out=u1)
+                u1.addcmul_(gy2, sn)
+                torch.mul(gy2, cs, out=u2)
+                u2.addcmul_(gy1, sn, value=-1.0)
+                if 2 * r2 < d:
+                    u[..., j, :, 2 * r2 :].copy_(gy[..., 2 * r2 :])
+        else:
+            u = torch.stack(grads, dim=3)
+        ggain = None
+        if g is not None:
+            if ctx.needs_input_grad[2]:
+                ggain = torch.einsum("apmkhd,apmkhd->kd", u, xh)
+            gx = u.mul_(g[:, None, :])
+        else:
+            gx = u
+        if ctx.norm:  # RMS norm: gx = r * (gxh - xh * mean(gxh * xh))
+            dot = torch.linalg.vecdot(gx, xh, dim=-1).unsqueeze(-1)
+            gx = torch.addcmul(gx, xh, dot.div_(-d)).mul_(r)
+        gx = gx.view(-1, 2 * inner)
+        gv = (torch.zeros_like(gx[:, :inner]) if gv is None else gv).reshape(-1, inner)
+        gh = gw = None
+        if ctx.needs_input_grad[0]:
+            gh = torch.mm(gx, w[: 2 * inner])
+            gh.addmm_(gv, w[2 * inner :])
+        if ctx.needs_input_grad[1]:
+            gw = torch.empty_like(w)
+            torch.mm(gx.t(), h, out=gw[: 2 * inner])
+            torch.mm(gv.t(), h, out=gw[2 * inner :])
+        return gh, gw, ggain, None, None, None, None, None, None, None, None
+
+
+class _GEGLU(torch.autograd.Function):
+    """`a * gelu(gate)` for `x = [a, gate]` `(T, 2 i)` -> `(T, i)`, with the gradient written
+    into one `(T, 2 i)` tensor (no concatenation of the two halves' gradients)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        a, gate = x.chunk(2, dim=-1)
+        g = F.gelu(gate)
+        ctx.save_for_backward(a, gate, g)
+        return a * g
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        a, gate, g = ctx.saved_tensors
+        i = a.shape[-1]
+        gx = gy.new_empty(*gy.shape[:-1], 2 * i)
+        torch.mul(gy, g, out=gx[..., :i])
+        torch.ops.aten.gelu_backward.grad_input(gy * a, gate, grad_input=gx[..., i:])
+        return gx
 
 
 class Attention(nn.Module):
@@ -49,7 +196,7 @@ class Attention(nn.Module):
         super().__init__()
         if dim_head < 1 or heads < 1:
             raise ValueError(f"Attention needs dim_head >= 1 and heads >= 1, got {dim_head}, {heads}")
-        self.heads, self.causal = heads, causal
+        self.heads, self.dim_head, self.causal = heads, dim_head, causal
         inner = dim_head * heads
         self.norm = nn.LayerNorm(dim)
         self.is_cross = context_dim is not None
@@ -64,6 +211,71 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         if zero_init_out:
             nn.init.zeros_(self.to_out.weight)
+        self._perm: dict[torch.device, torch.Tensor] = {}
+
+    # --- self-attention on a planned layout ---------------------------------------------------
+
+    def _row_perm(self, device: torch.device) -> torch.Tensor:
+        """Row order of `to_qkv.weight` that puts each q and k head in half-split order."""
+        idx = self._perm.get(device)
+        if idx is None:
+            inner, d = self.heads * self.dim_head, self.dim_head
+            with torch.inference_mode(False):  # a normal tensor, usable later under autograd
+                head = torch.tensor(self.rotary.half_split_perm())
+                qk = torch.cat([head + i * d for i in range(2 * self.heads)])
+                idx = self._perm[device] = torch.cat([qk, torch.arange(2 * inner, 3 * inner)]).to(device)
+        return idx
+
+    def _qkv(self, h: torch.Tensor, layout: tuple[int, int, int], grid: tuple[int, ...] | None):
+        """q/k/v projection, qk norm and rotary for `h (T, dim)` normed tokens, T = a*p*m with
+        the rotary position on the middle factor p (`layout = (a, p, m)`). Returns q, k
+        `(a, p, m, heads, d)` and v `(T, heads, d)`, views."""
+        a, p, m = layout
+        d = self.dim_head
+        rotate = self.rotary is not None and grid is not None
+        w = self.to_qkv.weight
+        gain = None
+        if self.q_norm is not None:
+            gain = torch.stack([self.q_norm.weight, self.k_norm.weight])
+        if rotate:
+            perm = self._row_perm(w.device)
+            w = w.index_select(0, perm)
+            if gain is not None:
+                gain = gain.index_select(1, perm[:d])
+            cos, sin = self.rotary.angles(tuple(grid), h.device, torch.promote_types(h.dtype, torch.float32))
+            if cos.shape[0] != p:
+                raise ValueError(f"rotary grid {tuple(grid)} has {cos.shape[0]} positions, the tokens {p}")
+        else:
+            cos = sin = h.new_empty(p, 0)
+        eps = self.q_norm.eps if self.q_norm is not None else 0.0
+        return _SelfQKV.apply(h, w.to(h.dtype), gain, cos, sin, a, p, m, self.heads, eps, self.q_norm is not None)
+
+    def residual_space(self, tokens: torch.Tensor, batch: int, grid: tuple[int, ...] | None) -> torch.Tensor:
+        """`tokens + attention(tokens)` for `tokens (batch * n, dim)`, sequences of n
+        consecutive tokens (n = prod(grid) when given). Returns `(batch * n, dim)`."""
+        n = tokens.shape[0] // batch
+        h = F.layer_norm(tokens, tokens.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        q, k, v = self._qkv(h, (batch, n, 1), grid)
+        q, k = (t.view(batch, n, self.heads, self.dim_head).transpose(1, 2) for t in (q, k))
+        v = v.view(batch, n, self.heads, self.dim_head).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (batch, heads, n, d)
+        out = out.transpose(1, 2).reshape(batch * n, -1)  # a view: the output follows q's layout
+        return torch.addmm(tokens, out, self.to_out.weight.t())
+
+    def residual_time(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
+        """`tokens + attention over frames` for time-major `tokens (frames * m, dim)`: token
+        `t * m + i` is frame t of sequence i. Returns `(frames * m, dim)`."""
+        m = tokens.shape[0] // frames
+        h = F.layer_norm(tokens, tokens.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        q, k, v = self._qkv(h, (1, frames, m), (frames,))
+        # (m, heads, frames, d) views of the time-major tensors
+        q, k = (t.view(frames, m, self.heads, self.dim_head).permute(1, 2, 0, 3) for t in (q, k))
+        v = v.view(frames, m, self.heads, self.dim_head).permute(1, 2, 0, 3)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (m, heads, frames, d)
+        out = out.permute(2, 0, 1, 3).reshape(frames * m, -1)  # a view when out follows q
+        return torch.addmm(tokens, out, self.to_out.weight.t())
+
+    # --- the general API ---------------------------------------------------------------------
 
     def forward(
         self,
@@ -73,24 +285,24 @@ class Attention(nn.Module):
         grid: tuple[int, ...] | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        b, n, _ = x.shape
         h = self.norm(x)
-        if self.is_cross:
-            if context is None:
-                raise ValueError("this cross-attention layer needs context tokens (batch, tokens, context_dim)")
-            q = self.to_q(h)
-            k, v = self.to_kv(context).chunk(2, dim=-1)
-        else:
-            q, k, v = self.to_qkv(h).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary is not None and grid is not None:
-            q, k = self.rotary(q, k, grid)
         mask = None
         if context_mask is not None:
             mask = rearrange(context_mask.bool(), "b m -> b 1 1 m")
+        if self.is_cross:
+            if context is None:
+                raise ValueError("this cross-attention layer needs context tokens (batch, tokens, context_dim)")
+            q = rearrange(self.to_q(h), "b n (h d) -> b h n d", h=self.heads)
+            k, v = (rearrange(t, "b m (h d) -> b h m d", h=self.heads) for t in self.to_kv(context).chunk(2, dim=-1))
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+        else:
+            q, k, v = self._qkv(h.reshape(b * n, -1), (b, n, 1), grid)
+            q, k = (t.view(b, n, self.heads, self.dim_head).transpose(1, 2) for t in (q, k))
+            v = v.view(b, n, self.heads, self.dim_head).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class FeedForward(nn.Module):
@@ -106,6 +318,13 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, gate = self.proj_in(self.norm(x)).chunk(2, dim=-1)
         return self.proj_out(a * F.gelu(gate))
+
+    def residual(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`tokens + forward(tokens)` for `(T, dim)`, the add folded into the last GEMM."""
+        h = F.layer_norm(tokens, tokens.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
+        u = _GEGLU.apply(F.linear(h, self.proj_in.weight, self.proj_in.bias))
+        out = torch.addmm(tokens, u, self.proj_out.weight.t())
+        return out + self.proj_out.bias
 
 
 class SpatioTemporalAttention(nn.Module):
@@ -166,14 +385,15 @@ class SpatioTemporalAttention(nn.Module):
         package's name for `attend_across_time` and is accepted as an alias."""
         if enable_time is not None:
             attend_across_time = enable_time
-        if check_input(x, self.dim, "SpatioTemporalAttention"):
-            frames = x.shape[2]
-            y = self.forward_frames(
-                rearrange(x, "b c f h w -> (b f) c h w"), frames, attend_across_time,
-                context=context, context_mask=context_mask,
-            )
-            return rearrange(y, "(b f) c h w -> b c f h w", f=frames)
-        return self.forward_frames(x, None, False, context=context, context_mask=context_mask)
+        video = check_input(x, self.dim, "SpatioTemporalAttention")
+        if video:
+            b, c, f, h, w = x.shape
+            tokens = x.permute(2, 0, 3, 4, 1).reshape(f * b * h * w, c)  # time-major, one copy
+            tokens = self._tokens(tokens, f, b, (h, w), attend_across_time, context, context_mask)
+            return tokens.view(f, b, h, w, c).permute(1, 4, 0, 2, 3).contiguous()
+        b, c, h, w = x.shape
+        tokens = self._tokens(x.permute(0, 2, 3, 1).reshape(b * h * w, c), None, b, (h, w), False, context, context_mask)
+        return tokens.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
     def forward_frames(
         self,
@@ -185,24 +405,35 @@ class SpatioTemporalAttention(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The U-Net's layout: `x` is `((b f), c, h, w)`; `frames=None` for images."""
-        h, w = x.shape[-2:]
+        bf, c, h, w = x.shape
         f = 1 if frames is None else frames
-        tokens = rearrange(x, "bf c h w -> bf (h w) c")
-        tokens = tokens + self.spatial_attn(tokens, grid=(h, w))
+        if bf % f:
+            raise ValueError(f"{bf} stacked frames are not a multiple of frames={f}")
+        b = bf // f
+        tokens = x.reshape(b, f, c, h * w).permute(1, 0, 3, 2).reshape(bf * h * w, c)  # one copy
+        tokens = self._tokens(tokens, frames, b, (h, w), attend_across_time, context, context_mask)
+        return tokens.view(f, b, h * w, c).permute(1, 0, 3, 2).reshape(bf, c, h, w)  # one copy
+
+    def _tokens(self, tokens, frames, b, hw, attend_across_time, context, context_mask) -> torch.Tensor:
+        """The block on time-major token rows `(f * b * h * w, c)`; `frames=None` for images.
+
+        Token `((t * b + i) * h + y) * w + x` is frame t of video i at (y, x): the spatial
+        attention's sequences are runs of h*w rows, the temporal attention's are strided by
+        b*h*w, and both read them as views."""
+        f = 1 if frames is None else frames
+        n, c = hw[0] * hw[1], tokens.shape[1]
+        tokens = self.spatial_attn.residual_space(tokens, f * b, hw)
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block was built with context_dim: pass context tokens (b, m, context_dim)")
-            ctx = repeat(context, "b m d -> (b f) m d", f=f)
-            cmask = None if context_mask is None else repeat(context_mask, "b m -> (b f) m", f=f)
-            tokens = tokens + self.cross_attn(tokens, ctx, context_mask=cmask)
-        use_time = frames is not None and attend_across_time and self.temporal_attn is not None
-        if use_time:
-            tokens = rearrange(tokens, "(b f) n c -> (b n) f c", f=f)
-            tokens = tokens + self.temporal_attn(tokens, grid=(f,))
+            ctx = repeat(context, "b m d -> (f b) m d", f=f)
+            cmask = None if context_mask is None else repeat(context_mask, "b m -> (f b) m", f=f)
+            tok = tokens.view(f * b, n, c)
+            tokens = (tok + self.cross_attn(tok, ctx, context_mask=cmask)).view(f * b * n, c)
+        if frames is not None and attend_across_time and self.temporal_attn is not None:
+            tokens = self.temporal_attn.residual_time(tokens, f)
             if self.temporal_ema is not None:
-                tokens = self.temporal_ema.forward_tokens(tokens)
+                tokens = self.temporal_ema.forward_time_major(tokens.view(f, b * n, c)).view(f * b * n, c)
         if self.ff is not None:
-            tokens = tokens + self.ff(tokens)
-        if use_time:
-            return rearrange(tokens, "(b h w) f c -> (b f) c h w", h=h, w=w)
-        return rearrange(tokens, "bf (h w) c -> bf c h w", h=h, w=w)
+            tokens = self.ff.residual(tokens)
+        return tokens

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mavcli.errors import PackError
+from mavcli.errors import PackError, UserInputError
 from mavcli.models.config import config_from_dict, config_to_dict
 from mavcli.models.stages import STAGES
 from mavcli.models.text import Tokenizer
@@ -66,7 +66,7 @@ def save_pack(path: str | os.PathLike, pack: Pack, *, dtype: torch.dtype | None 
     """Write `pack` to the folder `path` (atomically: a temporary folder, then a rename)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise PackError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
+        raise UserInputError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

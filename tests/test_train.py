@@ -1,0 +1,128 @@
+"""Training: every stage learns (one step lowers its loss), exact resume, data-parallel
+equality (two gloo processes == one process), and export -> load -> generate."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mavcli.errors import UserInputError
+from mavcli.models.presets import preset_configs
+from mavcli.models.text import ImageEncoder, TextEncoder
+from mavcli.train.checkpoint import read_checkpoint
+from mavcli.train.loop import TrainConfig, train
+from mavcli.train.tasks import TRAIN_STAGES, ClipPair, Task, shapes_tokenizer
+
+TOKENIZER = shapes_tokenizer()
+
+
+def tiny_encoders():
+    configs, _ = preset_configs("tiny", len(TOKENIZER.vocab))
+    torch.manual_seed(0)
+    return ClipPair(TextEncoder(configs["text_encoder"]), ImageEncoder(configs["image_encoder"]))
+
+
+@pytest.mark.parametrize("stage", TRAIN_STAGES)
+def test_one_step_lowers_the_loss_of_every_stage(stage):
+    torch.manual_seed(0)
+    task = Task(stage, "tiny", 0, 0.1, TOKENIZER, tiny_encoders())
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    indices = list(range(8))
+    before = task.loss(model, indices, 0, torch.device("cpu"))
+    for _ in range(3):
+        opt.zero_grad()
+        task.loss(model, indices, 0, torch.device("cpu")).backward()
+        opt.step()
+    after = task.loss(model, indices, 0, torch.device("cpu"))
+    assert torch.isfinite(before) and after < before, (stage, before.item(), after.item())
+
+
+def test_held_out_pairs_never_reach_training_batches():
+    from mavcli.data.shapes import HELD_OUT
+
+    task = Task("clip", "tiny", 0, 0.1, TOKENIZER, None)
+    _, _, specs = task._images(list(range(400)), 8)
+    assert not {(s.colour, s.shape) for s in specs} & HELD_OUT
+    assert len({(s.colour, s.shape) for s in specs}) == 6 * 3 - 4
+
+
+def _weights(path):
+    _, _, tensors, _ = read_checkpoint(path)
+    return tensors
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    base = dict(stage="sr_image", preset="tiny", steps=6, batch_size=4, ckpt_every=3, warmup=2)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **base))
+    cfg = TrainConfig(out=str(tmp_path / "b"), **base)
+    train(cfg, stop_at=3)  # as if killed right after the step-3 checkpoint
+    assert read_checkpoint(tmp_path / "b" / "sr_image" / "last.safetensors")[0] == 3
+    resumed = train(cfg, resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(UserInputError, match="nothing to resume"):
+        train(TrainConfig(out=str(tmp_path / "c"), **base), resume=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(stage="sr_video", preset="tiny", steps=2, batch_size=4, ckpt_every=2, warmup=1, out=out))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_two_gloo_processes_take_the_same_step_as_one(tmp_path):
+    one = train(TrainConfig(stage="sr_video", preset="tiny", steps=2, batch_size=4, ckpt_every=2, warmup=1,
+                            out=str(tmp_path / "one")))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    half = train(TrainConfig(stage="sr_video", preset="tiny", steps=2, batch_size=2, ckpt_every=2, warmup=1,
+                             out=str(tmp_path / "half")))
+    a, b, c = _weights(one), _weights(tmp_path / "two" / "sr_video" / "last.safetensors"), _weights(half)
+    keys = [k for k in a if k.startswith("model/")]
+    assert len(keys) > 10
+    # equal up to float summation order (Adam turns near-zero gradient noise into ~1e-6 moves;
+    # a different batch moves weights by ~lr = 3e-4)
+    worst = max((a[k] - b[k]).abs().max().item() for k in keys)
+    assert worst < 2e-5, worst
+    assert max((a[k] - c[k]).abs().max().item() for k in keys) > 1e-4  # the comparison can fail
+
+
+def test_export_load_generate(tmp_path):
+    runs = tmp_path / "runs"
+    common = dict(preset="tiny", steps=1, batch_size=2, ckpt_every=1, out=str(runs))
+    train(TrainConfig(stage="clip", **common))
+    enc = str(runs / "clip" / "last.safetensors")
+    for stage in ("prior", "keyframes_image"):
+        train(TrainConfig(stage=stage, encoders=enc, **common))
+    train(TrainConfig(stage="keyframes", encoders=enc, init_from=str(runs / "keyframes_image" / "last.safetensors"), **common))
+    for stage in ("interpolation", "sr_video", "sr_image"):
+        train(TrainConfig(stage=stage, **common))
+    from mavcli import MakeAVideoPipeline
+    from mavcli.train.export import export_pack
+
+    pack = export_pack(runs, tmp_path / "pack", preset="tiny", card="# test pack\n")
+    assert (pack / "README.md").read_text() == "# test pack\n"
+    pipe = MakeAVideoPipeline.from_pretrained(pack)
+    out = pipe("a blue square moving up on a white background", seed=0)
+    s = pipe.settings
+    assert out.frames.shape == ((s.keyframes - 1) * s.frame_skip + 1, s.sr_image_size, s.sr_image_size, 3)
+    assert out.unknown_words == []
+    with pytest.raises(UserInputError, match="already exists"):
+        export_pack(runs, tmp_path / "pack", preset="tiny")
