@@ -27,6 +27,7 @@ from einops import rearrange
 from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.blocks import resize_frames
+from mavcli.models.tiling import tiled
 from mavcli.weights.pack import Pack, load_pack
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -122,6 +123,11 @@ class MakeAVideoPipeline:
         if value is None:
             value = getattr(self.settings, kind)[stage]
         return value
+
+    def _sr_runner(self, net):
+        """The SR network as trained: on overlapping tiles when the pack says so."""
+        s = self.settings
+        return tiled(net, s.sr_tile, s.sr_tile_overlap) if s.sr_tile else net
 
     def _schedule(self, size: int) -> CosineSchedule:
         return CosineSchedule.for_resolution(size, self.settings.schedule_base)
@@ -255,8 +261,9 @@ class MakeAVideoPipeline:
         noise = self._noise((b, c, n, size, size), gen)
         chunks = _chunks(n, self.settings.chunk_frames)
         out = []
+        runner = self._sr_runner(net)
         for i, (a, z) in enumerate(chunks):
-            model = guided(net, guidance, extra=low[:, :, a:z])
+            model = guided(runner, guidance, extra=low[:, :, a:z])
             cb = _chunk_cb(callback, "sr_video", i, len(chunks), steps)
             with self._autocast():
                 out.append(sample(model, noise[:, :, a:z], steps, schedule=self._schedule(size),
@@ -284,8 +291,9 @@ class MakeAVideoPipeline:
         self.last_sr_image_noise = shared
         chunks = _chunks(frames.shape[0], self.settings.chunk_frames)
         out = []
+        runner = self._sr_runner(net)
         for i, (a, z) in enumerate(chunks):
-            model = guided(net, guidance, extra=low[a:z])
+            model = guided(runner, guidance, extra=low[a:z])
             cb = _chunk_cb(callback, "sr_image", i, len(chunks), steps)
             with self._autocast():
                 out.append(sample(model, shared.expand(z - a, -1, -1, -1), steps, schedule=self._schedule(size),

@@ -30,7 +30,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         e, t = 64, 128
         unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
         sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
-        settings = PackSettings()
+        settings = PackSettings(sr_tile=32, sr_tile_overlap=8)  # SR trains on 32x32 crops
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),

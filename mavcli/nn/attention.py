@@ -131,7 +131,7 @@ class _SelfQKV(torch.autograd.Function):
         ggain = None
         if g is not None:
             if ctx.needs_input_grad[2]:
-                ggain = torch.einsum("apmkhd,apmkhd->kd", u, xh)
+                ggain = (u * xh).sum(dim=(0, 1, 2, 4))
             gx = u.mul_(g[:, None, :])
         else:
             gx = u

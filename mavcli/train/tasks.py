@@ -32,7 +32,6 @@ from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss
 from mavcli.models.unet import SpaceTimeUnet, inflate_unet
 
 INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates with 4)
-SR_CROP = 32  # the super-resolution networks train on crops of this side
 
 TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation", "sr_video", "sr_image")
 
@@ -252,7 +251,7 @@ class Task:
         video, _, _ = self._videos(indices, s.sr_video_size, s.keyframes, (s.frame_skip,), s.fps * s.frame_skip)
         video = video.to(device)
         low = self._low_res(video, s.keyframe_size, indices)
-        video, low = self._crop([video, low], indices, SR_CROP)
+        video, low = self._crop([video, low], indices, s.sr_tile or video.shape[-1])  # the pipeline runs tiles of this size
         t, noise, _ = self._draws(indices, video.shape[1:], device)
         return diffusion_loss(model, video, self.schedule, t=t, noise=noise, extra=low)
 
@@ -261,7 +260,7 @@ class Task:
         images, _, _ = self._images(indices, s.sr_image_size)
         images = images.to(device)
         low = self._low_res(images, s.sr_video_size, indices)
-        images, low = self._crop([images, low], indices, SR_CROP)
+        images, low = self._crop([images, low], indices, s.sr_tile or images.shape[-1])
         t, noise, _ = self._draws(indices, images.shape[1:], device)
         return diffusion_loss(model, images, self.schedule, t=t, noise=noise, extra=low)
 

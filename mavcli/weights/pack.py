@@ -45,6 +45,8 @@ class PackSettings:
     guidance: dict = field(default_factory=lambda: {"prior": 2.0, "keyframes": 3.0, "interpolation": 1.0, "sr_video": 1.0, "sr_image": 1.0})
     schedule_base: int = 32  # the noise schedule shifts with resolution relative to this
     chunk_frames: int = 32  # frames per SR chunk: memory stays bounded for long videos
+    sr_tile: int = 0  # > 0: the SR networks run on overlapping tiles of this side (as trained)
+    sr_tile_overlap: int = 8
 
 
 @dataclass
