@@ -275,10 +275,11 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
                 f"{where}: missing 'repo' (the Hub repository id); only a bundled pack may "
                 "leave it out"
             )
-        extra = [key for key in ("revision", "files") if key in table]
-        if extra:
-            raise ManifestError(f"{where}: {' and '.join(extra)} given without 'repo'")
-        return PackEntry(name, None, None, (), bundled, description)
+        if "revision" in table:
+            raise ManifestError(f"{where}: revision given without 'repo'")
+        # a bundled pack may pin its files' hashes too: they are checked when it is loaded
+        files = _parse_files(table.get("files"), where, name) if "files" in table else []
+        return PackEntry(name, None, None, tuple(files), bundled, description)
 
     if not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo:
         raise ManifestError(f"{where}: 'repo' must be a Hub id like 'owner/name', got {repo!r}")
@@ -301,6 +302,11 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
         raise ManifestError(
             f"{where}: missing [[packs.{name}.files]]: list every file with its sha256 and size"
         )
+    files = _parse_files(raw_files, where, name)
+    return PackEntry(name, repo, revision, tuple(files), bundled, description)
+
+
+def _parse_files(raw_files: Any, where: str, name: str) -> list[FileEntry]:
     if not isinstance(raw_files, list) or not raw_files:
         raise ManifestError(f"{where}: 'files' must be a non-empty array of tables")
 
@@ -314,7 +320,7 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
         files.append(entry)
     if "pack.json" not in seen:
         raise ManifestError(f"{where}: the files must include the pack index 'pack.json'")
-    return PackEntry(name, repo, revision, tuple(files), bundled, description)
+    return files
 
 
 def _parse_file(item: Any, where: str) -> FileEntry:

@@ -38,6 +38,21 @@ def bundled_pack_dir(entry: PackEntry) -> Path | None:
     return folder if (folder / "pack.json").is_file() else None
 
 
+def _verify_bundled(entry: PackEntry, folder: Path) -> None:
+    """A bundled pack's files against the sha256s weights.toml pins (when it lists them)."""
+    from mavcli.weights.hub import sha256_file
+
+    for f in entry.files:
+        path = folder / f.path
+        if not path.is_file():
+            raise PackError(f"bundled pack {entry.name!r} is missing {f.path}; reinstall mavcli")
+        if sha256_file(path) != f.sha256:
+            raise PackError(
+                f"bundled pack {entry.name!r}: {f.path} does not match its sha256 in weights.toml; "
+                "the installation is damaged or was edited: reinstall mavcli"
+            )
+
+
 def _looks_like_path(text: str) -> bool:
     """True for things only a path would look like: ./x, ../x, /x, ~/x, a\\b, a/b/c, x/."""
     return (
@@ -127,6 +142,7 @@ def _resolve_entry(
 ) -> Path:
     bundled = bundled_pack_dir(entry)
     if bundled is not None:
+        _verify_bundled(entry, bundled)
         return bundled
     if not entry.downloadable:
         raise PackError(
