@@ -45,9 +45,10 @@ def test_held_out_pairs_never_reach_training_batches():
     from mavcli.data.shapes import HELD_OUT
 
     task = Task("clip", "tiny", 0, 0.1, TOKENIZER, None)
-    _, _, specs = task._images(list(range(400)), 8)
-    assert not {(s.colour, s.shape) for s in specs} & HELD_OUT
-    assert len({(s.colour, s.shape) for s in specs}) == 6 * 3 - 4
+    _, _, facts = task._images(list(range(400)), 8)
+    pairs = {(colour, shape) for colour, shape, _ in facts}
+    assert not pairs & HELD_OUT
+    assert len(pairs) == 6 * 3 - 4
 
 
 def _weights(path):
@@ -126,3 +127,36 @@ def test_export_load_generate(tmp_path):
     assert out.unknown_words == []
     with pytest.raises(UserInputError, match="already exists"):
         export_pack(runs, tmp_path / "pack", preset="tiny")
+
+
+def test_real_data_folders_train_every_kind_of_stage(tmp_path):
+    """Captioned images and uncaptioned videos from folders, instead of the shapes world."""
+    import imageio.v3 as iio
+
+    from mavcli.video import write_video
+
+    images, videos = tmp_path / "images", tmp_path / "videos"
+    images.mkdir()
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, text in enumerate(["a cat on a sofa", "a dog in the park", "a red car"]):
+        iio.imwrite(images / f"{i}.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+        (images / f"{i}.txt").write_text(text)
+    ramp = np.linspace(0, 255, 24).astype(np.uint8)
+    clip = np.stack([np.roll(np.broadcast_to(ramp[None, :, None], (24, 24, 3)), k, axis=1) for k in range(20)])
+    write_video(videos / "pan.mp4", clip, 20)
+    runs = tmp_path / "runs"
+    common = dict(preset="tiny", steps=2, batch_size=2, ckpt_every=2, out=str(runs), images=str(images))
+    train(TrainConfig(stage="clip", **common))
+    enc = str(runs / "clip" / "last.safetensors")
+    vocab = read_checkpoint(enc)[1]["vocab"]
+    assert {"cat", "sofa", "dog", "park", "red", "car"} <= set(vocab)
+    train(TrainConfig(stage="keyframes_image", encoders=enc, **common))
+    last = train(TrainConfig(stage="keyframes", encoders=enc, videos=str(videos),
+                             init_from=str(runs / "keyframes_image" / "last.safetensors"), **common))
+    assert read_checkpoint(last)[0] == 2
+    last = train(TrainConfig(stage="interpolation", videos=str(videos), **common))
+    assert read_checkpoint(last)[0] == 2
+    (images / "stray.png").write_bytes((images / "0.png").read_bytes())
+    with pytest.raises(UserInputError, match="stray.png"):
+        train(TrainConfig(stage="clip", **{**common, "out": str(tmp_path / "other")}))

@@ -1,20 +1,29 @@
 """Layer benchmark (issue 3): mavcli's Pseudo3DConv and SpatioTemporalAttention against
 make-a-video-pytorch 0.4.0's PseudoConv3d and SpatioTemporalAttention, same shapes, same torch,
-one process, interleaved rounds. Reports median ms, the speed-up ratio (anchor / mavcli) and
-achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter on mavcli's layer) beside this
-machine's dense matmul rate.
+one process, interleaved rounds (`mav bench layers`).
+
+Reports the median ms of each, the speed-up (anchor / mavcli) and mavcli's rate in GFLOP/s
+beside this machine's dense matmul rate. FLOPs are the layer's nominal count: what
+`torch.utils.flop_counter` counts for the straightforward computation (direct convolution,
+attention as two matmuls), the same work the anchor does. A rate above the matmul rate means
+mavcli did the job with fewer FLOPs than that (Winograd convolution).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mavcli.bench.timing import interleaved_medians, matmul_gflops
-from mavcli.nn import Pseudo3DConv, SpatioTemporalAttention
+from mavcli.nn import Pseudo3DConv, SpatioTemporalAttention, winograd
+
+SEED_SHAPE = (1, 256, 8, 16, 16)  # the seed README's video: (batch, features, frames, height, width)
+ANCHOR_PACKAGE = "make-a-video-pytorch==0.4.0"
+ANCHOR_INSTALL = f"pip install --no-deps {ANCHOR_PACKAGE}"
 
 
 @dataclass
@@ -23,7 +32,7 @@ class LayerRow:
     mode: str  # "forward" (inference mode) or "forward+backward"
     mavcli_ms: float
     anchor_ms: float | None
-    gflop: float
+    gflop: float  # nominal GFLOP of one call
 
     @property
     def speedup(self) -> float | None:
@@ -34,49 +43,71 @@ class LayerRow:
         return self.gflop / (self.mavcli_ms / 1e3)
 
 
+@dataclass
+class LayerBench:
+    rows: list[LayerRow]
+    matmul_gflops: float
+    anchor_error: str | None  # why the anchor is missing, None when it ran
+    device: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    threads: int
+
+
 def _anchor_layers(dim: int, dim_head: int, heads: int):
+    """The anchor's two layers, or the reason they cannot be built."""
     try:
         import make_a_video_pytorch as anchor
-    except ImportError:
-        return None
-    return anchor.PseudoConv3d(dim=dim, kernel_size=3), anchor.SpatioTemporalAttention(dim=dim, dim_head=dim_head, heads=heads)
+    except ImportError as err:
+        return None, f"{err}"
+    conv = anchor.PseudoConv3d(dim=dim, kernel_size=3)
+    attn = anchor.SpatioTemporalAttention(dim=dim, dim_head=dim_head, heads=heads)
+    return (conv, attn), None
 
 
-def _count_gflop(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
+def _nominal_gflop(fn: Callable[[], None]) -> float:
+    """FLOPs of `fn` computed the straightforward way: Winograd off, math attention."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with winograd.fast_paths(False), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
 
 
 def run_layer_bench(
     *,
-    shape: tuple[int, int, int, int, int] = (1, 256, 8, 16, 16),
+    shape: tuple[int, int, int, int, int] = SEED_SHAPE,
     dim_head: int = 64,
     heads: int = 8,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     rounds: int = 15,
-) -> tuple[list[LayerRow], float, bool]:
-    """Time both implementations; returns (rows, matmul GFLOP/s, anchor_found)."""
+    progress: Callable[[str], None] | None = None,
+) -> LayerBench:
+    """Time both implementations on a `(b, c, f, h, w)` video, forward under inference mode
+    and forward+backward (loss = mean square of the output, gradients for input and weights).
+
+    Both get identical inputs; each (layer, mode) pair is timed in `rounds` interleaved rounds.
+    On CUDA in bfloat16 both run under autocast (flash attention for mavcli)."""
     torch.manual_seed(0)
     dim = shape[1]
     ours = {
         "Pseudo3DConv": Pseudo3DConv(dim=dim, kernel_size=3),
         "SpatioTemporalAttention": SpatioTemporalAttention(dim=dim, dim_head=dim_head, heads=heads),
     }
-    anchors = _anchor_layers(dim, dim_head, heads)
+    anchors, anchor_error = _anchor_layers(dim, dim_head, heads)
     theirs = dict(zip(ours, anchors)) if anchors else {}
+    use_autocast = dtype == torch.bfloat16 and device.startswith("cuda")
     for m in [*ours.values(), *theirs.values()]:
-        m.to(device=device, dtype=dtype)
-    x = torch.randn(shape, device=device, dtype=dtype)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if dtype == torch.bfloat16 and device.startswith("cuda")
-        else contextlib.nullcontext()
-    )
+        m.to(device=device, dtype=torch.float32 if use_autocast else dtype)
+    x = torch.randn(shape, device=device, dtype=torch.float32 if use_autocast else dtype)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
 
     def forward(m):
         def run():
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast():
                 m(x)
         return run
 
@@ -84,7 +115,7 @@ def run_layer_bench(
         xg = x.clone().requires_grad_(True)
 
         def run():
-            with autocast:
+            with autocast():
                 y = m(xg)
             y.float().square().mean().backward()
             m.zero_grad(set_to_none=True)
@@ -94,10 +125,15 @@ def run_layer_bench(
     rows = []
     for name in ours:
         for mode, make in (("forward", forward), ("forward+backward", forward_backward)):
+            if progress is not None:
+                progress(f"{name} {mode}")
             fns = {"mavcli": make(ours[name])}
             if name in theirs:
                 fns["anchor"] = make(theirs[name])
-            gflop = _count_gflop(fns["mavcli"])
+            gflop = _nominal_gflop(fns["mavcli"])
             t = interleaved_medians(fns, rounds=rounds, device=device)
             rows.append(LayerRow(name, mode, t["mavcli"] * 1e3, t["anchor"] * 1e3 if "anchor" in t else None, gflop))
-    return rows, matmul_gflops(device, dtype), bool(anchors)
+    if progress is not None:
+        progress("matmul rate")
+    rate = matmul_gflops(device, torch.bfloat16 if use_autocast else dtype)
+    return LayerBench(rows, rate, anchor_error, device, dtype, tuple(shape), torch.get_num_threads())

@@ -60,6 +60,8 @@ def _make_command(stage: str):
         encoders: Optional[str] = typer.Option(None, help="The clip checkpoint (prior and decoder stages)."),
         init_from: Optional[str] = typer.Option(None, "--init-from", help="keyframes: the keyframes_image checkpoint to inflate."),
         threads: Optional[int] = typer.Option(None, help="CPU threads per process."),
+        images: Optional[str] = typer.Option(None, help="Real data: a folder of images, each with a same-named .txt caption."),
+        videos: Optional[str] = typer.Option(None, help="Real data: a folder of videos (no captions needed)."),
         config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of these options."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
@@ -71,7 +73,8 @@ def _make_command(stage: str):
             from mavcli.train.loop import train
 
             opts = dict(steps=steps, batch_size=batch_size, lr=lr, out=out, preset=preset, seed=seed,
-                        ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads)
+                        ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads,
+                        images=images, videos=videos)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),

@@ -98,6 +98,7 @@ class _SelfQKV(torch.autograd.Function):
                 torch.mul(rest, g[:, None, 2 * r2 :], out=out) if g is not None else out.copy_(rest)
         ctx.save_for_backward(h, w, xh, r, g, cos, sin)
         ctx.norm = norm
+        ctx.gain_dtype = None if gain is None else gain.dtype
         v = qkv[:, 2 * inner :].view(-1, heads, d)
         return y[..., 0, :, :], y[..., 1, :, :], v
 
@@ -110,8 +111,7 @@ class _SelfQKV(torch.autograd.Function):
         r2 = cos.shape[-1]
         grads = [gq, gk]
         for j in range(2):
-            if grads[j] is None:
-                grads[j] = xh.new_zeros(xh[..., j, :, :].shape)
+            grads[j] = xh.new_zeros(xh[..., j, :, :].shape) if grads[j] is None else grads[j].to(xh.dtype)
         # u: the output gradient rotated back (w.r.t. the gained, unrotated vectors)
         if r2:
             cs = cos.to(xh.dtype).view(1, -1, 1, 1, r2)
@@ -139,16 +139,33 @@ class _SelfQKV(torch.autograd.Function):
             dot = torch.linalg.vecdot(gx, xh, dim=-1).unsqueeze(-1)
             gx = torch.addcmul(gx, xh, dot.div_(-d)).mul_(r)
         gx = gx.view(-1, 2 * inner)
-        gv = (torch.zeros_like(gx[:, :inner]) if gv is None else gv).reshape(-1, inner)
+        gv = (torch.zeros_like(gx[:, :inner]) if gv is None else gv.to(gx.dtype)).reshape(-1, inner)
+        # under autocast h and w are float32 and the gradients bfloat16: compute in the latter
+        wd, hd = w.to(gx.dtype), h.to(gx.dtype)
         gh = gw = None
         if ctx.needs_input_grad[0]:
-            gh = torch.mm(gx, w[: 2 * inner])
-            gh.addmm_(gv, w[2 * inner :])
+            gh = torch.mm(gx, wd[: 2 * inner])
+            gh.addmm_(gv, wd[2 * inner :])
+            gh = gh.to(h.dtype)
         if ctx.needs_input_grad[1]:
-            gw = torch.empty_like(w)
-            torch.mm(gx.t(), h, out=gw[: 2 * inner])
-            torch.mm(gv.t(), h, out=gw[2 * inner :])
+            gw = torch.empty_like(wd)
+            torch.mm(gx.t(), hd, out=gw[: 2 * inner])
+            torch.mm(gv.t(), hd, out=gw[2 * inner :])
+            gw = gw.to(w.dtype)
+        if ggain is not None:
+            ggain = ggain.to(ctx.gain_dtype)
         return gh, gw, ggain, None, None, None, None, None, None, None, None
+
+
+def _add_projection(
+    tokens: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`tokens + x @ weight.T (+ bias)`, the residual add done by the GEMM (`addmm`, beta=1).
+    Under autocast a plain linear + add keeps the residual stream in float32."""
+    if torch.is_autocast_enabled(tokens.device.type):
+        return tokens + F.linear(x, weight, bias)
+    out = torch.addmm(tokens, x, weight.t())
+    return out if bias is None else out.add_(bias)
 
 
 class _GEGLU(torch.autograd.Function):
@@ -260,7 +277,7 @@ class Attention(nn.Module):
         v = v.view(batch, n, self.heads, self.dim_head).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (batch, heads, n, d)
         out = out.transpose(1, 2).reshape(batch * n, -1)  # a view: the output follows q's layout
-        return torch.addmm(tokens, out, self.to_out.weight.t())
+        return _add_projection(tokens, out, self.to_out.weight)
 
     def residual_time(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """`tokens + attention over frames` for time-major `tokens (frames * m, dim)`: token
@@ -273,7 +290,7 @@ class Attention(nn.Module):
         v = v.view(frames, m, self.heads, self.dim_head).permute(1, 2, 0, 3)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (m, heads, frames, d)
         out = out.permute(2, 0, 1, 3).reshape(frames * m, -1)  # a view when out follows q
-        return torch.addmm(tokens, out, self.to_out.weight.t())
+        return _add_projection(tokens, out, self.to_out.weight)
 
     # --- the general API ---------------------------------------------------------------------
 
@@ -323,8 +340,7 @@ class FeedForward(nn.Module):
         """`tokens + forward(tokens)` for `(T, dim)`, the add folded into the last GEMM."""
         h = F.layer_norm(tokens, tokens.shape[-1:], self.norm.weight, self.norm.bias, self.norm.eps)
         u = _GEGLU.apply(F.linear(h, self.proj_in.weight, self.proj_in.bias))
-        out = torch.addmm(tokens, u, self.proj_out.weight.t())
-        return out + self.proj_out.bias
+        return _add_projection(tokens, u, self.proj_out.weight, self.proj_out.bias)
 
 
 class SpatioTemporalAttention(nn.Module):

@@ -28,6 +28,8 @@ the transforms cost more than the GEMM saves; there `F.conv2d` runs.
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -120,13 +122,64 @@ def _matrices(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tenso
     return m
 
 
-def _two_sided(mat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """`mat (o, i)` applied to both leading axes of `x (i, i, ...)`: `(o, o, ...)`, i.e.
-    mat X mat^T for every trailing index."""
+def _two_sided(mat: torch.Tensor, x: torch.Tensor, tmp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`mat (o, i)` applied to both leading axes of `x (i, i, ...)`, written into `out (o, o, ...)`
+    (mat X mat^T for every trailing index); `tmp` holds `o * i * rest` intermediate values."""
     o, i = mat.shape
     rest = x[0, 0].numel()
-    t = torch.mm(mat, x.reshape(i, i * rest))  # first axis
-    return torch.matmul(mat, t.view(o, i, rest))  # second axis, batched over the first
+    t = tmp.view(o, i * rest)
+    torch.mm(mat, x.reshape(i, i * rest), out=t)  # first axis
+    torch.bmm(mat.expand(o, o, i), t.view(o, i, rest), out=out.view(o, o, rest))  # second axis
+    return out
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch buffers reused from call to call. The transforms touch a few times
+    the input's size in temporaries; allocating them fresh each call costs a page fault per
+    4 KiB (glibc returns big blocks to the OS), which measured ~20% of the layer's time."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple, torch.Tensor] = {}
+
+
+_scratch = _Scratch()
+# Buffers larger than this are allocated per call instead of kept (bounds what stays resident).
+SCRATCH_MAX_BYTES = 64 * 2**20
+
+
+def _buffer(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised `shape` tensor for temporary use inside one call (never returned)."""
+    numel = math.prod(shape)
+    if numel * like.element_size() > SCRATCH_MAX_BYTES:
+        return like.new_empty(shape)
+    key = (name, like.device, like.dtype)
+    buf = _scratch.bufs.get(key)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # usable both in and out of inference mode
+            buf = torch.empty(numel, device=like.device, dtype=like.dtype)
+        _scratch.bufs[key] = buf
+    return buf[:numel].view(shape)
+
+
+def _zero_padded(shape: tuple[int, ...], like: torch.Tensor, interior: tuple[slice, ...]) -> torch.Tensor:
+    """A scratch tensor of `shape` that is zero outside `interior`, kept per shape so the zero
+    border is written once, not every call (callers only ever write the interior)."""
+    key = ("padded", tuple(shape), like.device, like.dtype)
+    buf = _scratch.bufs.get(key)
+    if buf is None:
+        with torch.inference_mode(False):
+            buf = torch.zeros(shape, device=like.device, dtype=like.dtype)
+        if math.prod(shape) * like.element_size() <= SCRATCH_MAX_BYTES:
+            if sum(1 for k in _scratch.bufs if k[0] == "padded") >= 16:  # few shapes per model
+                for k in [k for k in _scratch.bufs if k[0] == "padded"]:
+                    del _scratch.bufs[k]
+            _scratch.bufs[key] = buf
+    return buf
+
+
+def clear_scratch() -> None:
+    """Free this thread's scratch buffers."""
+    _scratch.bufs.clear()
 
 
 # --- F(4x4, 3x3) -------------------------------------------------------------------------------
@@ -147,38 +200,44 @@ class _Conv3x3(torch.autograd.Function):
         th, tw = (h + 3) // 4, (w + 3) // 4
         p = n * th * tw
         mats = _matrices(x.device, x.dtype)
+        keep = any(ctx.needs_input_grad[:3])  # a backward will follow: V and U^T must survive
+        saved = (lambda name, shape: x.new_empty(shape)) if keep else (lambda name, shape: _buffer(name, shape, x))
         # zero-padded channels-last input (n, 4 th + 2, 4 tw + 2, c)
-        xp = x.new_empty(n, 4 * th + 2, 4 * tw + 2, c)
-        xp[:, 0].zero_()
-        xp[:, h + 1 :].zero_()
-        xp[:, :, 0].zero_()
-        xp[:, :, w + 1 :].zero_()
-        xp[:, 1 : h + 1, 1 : w + 1].copy_(x.permute(0, 2, 3, 1))
+        inside = (slice(None), slice(1, h + 1), slice(1, w + 1))
+        xp = _zero_padded((n, 4 * th + 2, 4 * tw + 2, c), x, inside)
+        xp[inside].copy_(x.permute(0, 2, 3, 1))
         # the 6x6 tiles (stride 4) gathered as (6, 6, n, th, tw, c), then V = B^T d B
         s = xp.stride()
-        tiles = xp.as_strided((6, 6, n, th, tw, c), (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3])).contiguous()
-        del xp
-        v = _two_sided(mats["BT"], tiles).view(36, p, c)
-        del tiles
-        # U^T (36, c, k) from the kernel, then 36 GEMMs (p, c) @ (c, k)
-        ut = torch.mm(mats["GG"], weight.permute(1, 0, 2, 3).reshape(c * k, 9).t()).view(36, c, k)
-        m = torch.bmm(v, ut)
-        if bias is not None:
-            m[_BIAS_POINT].add_(bias)
-        y = _two_sided(mats["AT"], m.view(6, 6, p * k)).view(4, 4, n, th, tw, k)
-        del m
-        ctx.save_for_backward(v, ut)
+        tiles = _buffer("tiles", (6, 6, n, th, tw, c), x)
+        tiles.copy_(xp.as_strided(tiles.shape, (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3])))
+        v = _two_sided(mats["BT"], tiles, _buffer("tmp", (36 * p * c,), x), saved("v", (36, p, c)))
+        # U (36, k, c) from the kernel, then 36 GEMMs (p, c) @ (c, k)
+        u = saved("u", (36, k, c))
+        torch.mm(mats["GG"], weight.reshape(k * c, 9).t(), out=u.view(36, k * c))
+        m = torch.bmm(v, u.transpose(1, 2), out=_buffer("m", (36, p, k), x))
+        y = _two_sided(mats["AT"], m.view(6, 6, p * k), _buffer("tmp", (24 * p * k,), x), _buffer("y", (4, 4, p * k), x))
+        y = y.view(4, 4, n, th, tw, k)
+        if keep:
+            ctx.save_for_backward(v, u)
         ctx.meta = (n, c, h, w, k, bias is not None, channels_last_out)
+        pad = (4 * th, 4 * tw) != (h, w)
+        # scatter the 4x4 output tiles into place, adding the bias on the way
         if channels_last_out:
-            y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, 4 * th, 4 * tw, k)
-            return y if (4 * th, 4 * tw) == (h, w) else y[:, :h, :w].contiguous()
-        y = y.permute(2, 5, 3, 0, 4, 1).reshape(n, k, 4 * th, 4 * tw)
-        return y if (4 * th, 4 * tw) == (h, w) else y[:, :, :h, :w].contiguous()
+            out = x.new_empty(n, 4 * th, 4 * tw, k)
+            dst, src, b = out.view(n, th, 4, tw, 4, k), y.permute(2, 3, 0, 4, 1, 5), bias
+        else:
+            out = x.new_empty(n, k, 4 * th, 4 * tw)
+            dst, src = out.view(n, k, th, 4, tw, 4), y.permute(2, 5, 3, 0, 4, 1)
+            b = None if bias is None else bias.view(k, 1, 1, 1, 1)
+        torch.add(src, b, out=dst) if b is not None else dst.copy_(src)
+        if pad:
+            return out[:, :h, :w].contiguous() if channels_last_out else out[:, :, :h, :w].contiguous()
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        v, ut = ctx.saved_tensors
+        v, u = ctx.saved_tensors
         n, c, h, w, k, has_bias, channels_last_out = ctx.meta
         th, tw = (h + 3) // 4, (w + 3) // 4
         p = n * th * tw
@@ -187,31 +246,28 @@ class _Conv3x3(torch.autograd.Function):
         if (4 * th, 4 * tw) != (h, w):
             g = F.pad(g, (0, 0, 0, 4 * tw - w, 0, 4 * th - h))
         # output tiles (4, 4, n, th, tw, k), then dM = A dY A^T
-        gt = g.reshape(n, th, 4, tw, 4, k).permute(2, 4, 0, 1, 3, 5).contiguous()
+        gt = _buffer("gt", (4, 4, n, th, tw, k), grad)
+        gt.copy_(g.reshape(n, th, 4, tw, 4, k).permute(2, 4, 0, 1, 3, 5))
         del g
-        dm = _two_sided(mats["A"], gt).view(36, p, k)
-        del gt
+        dm = _two_sided(mats["A"], gt, _buffer("tmp", (24 * p * k,), grad), _buffer("m", (36, p, k), grad))
         dx = dw = db = None
         if has_bias and ctx.needs_input_grad[2]:
             db = dm[_BIAS_POINT].sum(0)
         if ctx.needs_input_grad[1]:
-            dut = torch.bmm(v.transpose(1, 2), dm)  # (36, c, k)
-            dw = torch.mm(dut.view(36, c * k).t(), mats["GG"]).view(c, k, 3, 3).permute(1, 0, 2, 3).contiguous()
+            du = torch.bmm(dm.transpose(1, 2), v, out=_buffer("du", (36, k, c), grad))
+            dw = torch.mm(du.view(36, k * c).t(), mats["GG"]).view(k, c, 3, 3)
         if ctx.needs_input_grad[0]:
-            dv = torch.bmm(dm, ut.transpose(1, 2))  # (36, p, c)
-            del dm
-            dt = _two_sided(mats["B"], dv.view(6, 6, p * c)).view(6, 6, n, th, tw, c)
-            del dv
+            dv = torch.bmm(dm, u, out=_buffer("dv", (36, p, c), grad))
+            dt = _two_sided(mats["B"], dv.view(6, 6, p * c), _buffer("tmp", (36 * p * c,), grad), _buffer("tiles", (6, 6, p * c), grad))
             # overlap-add of the 6x6 tiles (stride 4) into (n, th + 1, 4, tw + 1, 4, c)
-            d = dt.permute(2, 3, 0, 4, 1, 5)  # (n, th, 6, tw, 6, c)
-            acc = grad.new_empty(n, th + 1, 4, tw + 1, 4, c)
+            d = dt.view(6, 6, n, th, tw, c).permute(2, 3, 0, 4, 1, 5)  # (n, th, 6, tw, 6, c)
+            acc = _buffer("acc", (n, th + 1, 4, tw + 1, 4, c), grad)
             acc[:, :th, :, :tw].copy_(d[:, :, :4, :, :4])
             acc[:, th].zero_()
             acc[:, :th, :, tw].zero_()
             acc[:, 1:, :2, :tw].add_(d[:, :, 4:, :, :4])
             acc[:, :th, :, 1:, :2].add_(d[:, :, :4, :, 4:])
             acc[:, 1:, :2, 1:, :2].add_(d[:, :, 4:, :, 4:])
-            del dt, d
             acc = acc.view(n, 4 * th + 4, 4 * tw + 4, c)
             dx = acc[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2).contiguous()
         return dx, dw, db, None

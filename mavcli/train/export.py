@@ -38,9 +38,9 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
             raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source})")
         step, meta, tensors, _ = read_checkpoint(path)
         steps[source] = step
-        if vocab is None:
+        if vocab is None:  # the clip stage comes first and defines the vocabulary
             vocab = meta["vocab"]
-        elif meta["vocab"] != vocab:
+        elif source in ("prior", "keyframes") and meta["vocab"] != vocab:  # the stages that read text
             raise UserInputError(f"{path} was trained with another vocabulary than the clip stage")
         if meta["config"]["preset"] != preset:
             raise UserInputError(f"{path} was trained with preset {meta['config']['preset']!r}, not {preset!r}")

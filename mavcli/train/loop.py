@@ -43,6 +43,8 @@ class TrainConfig:
     cond_drop: float = 0.1
     encoders: str | None = None  # clip checkpoint (prior, keyframes_image, keyframes)
     init_from: str | None = None  # keyframes: the keyframes_image checkpoint to inflate
+    images: str | None = None  # real data: a folder of images with same-named .txt captions
+    videos: str | None = None  # real data: a folder of (uncaptioned) videos
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -99,9 +101,15 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 
 def build_task(cfg: TrainConfig) -> Task:
-    tokenizer = shapes_tokenizer()
+    if cfg.images:
+        from mavcli.data.folders import ImageCaptionFolder
+        from mavcli.models.text import Tokenizer
+
+        tokenizer = Tokenizer.from_texts(ImageCaptionFolder(cfg.images, size=8).captions())
+    else:
+        tokenizer = shapes_tokenizer()
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
-    return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders)
+    return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",
@@ -123,7 +131,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         from mavcli.train.checkpoint import read_checkpoint
         from mavcli.weights.safetensors_io import load_state_strict
 
-        image_task = Task("keyframes_image", cfg.preset, cfg.seed, cfg.cond_drop, task.tokenizer, task.encoders)
+        image_task = Task("keyframes_image", cfg.preset, cfg.seed, cfg.cond_drop, task.tokenizer, task.encoders,
+                          cfg.images, cfg.videos)
         init = image_task.build_model()
         _, _, tensors, _ = read_checkpoint(cfg.init_from)
         load_state_strict(init, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, cfg.init_from)

@@ -82,6 +82,8 @@ class Task:
     cond_drop: float
     tokenizer: Tokenizer
     encoders: ClipPair | None = None
+    images: str | None = None  # a folder of captioned images instead of the shapes world
+    videos: str | None = None  # a folder of uncaptioned videos instead of the shapes world
 
     def __post_init__(self) -> None:
         self.configs, self.settings = preset_configs(self.preset, len(self.tokenizer.vocab))
@@ -116,13 +118,33 @@ class Task:
 
     # --- data --------------------------------------------------------------------------------
     def _images(self, indices, size):
+        """images `(b, 3, s, s)`, captions, and the facts that make two items positives for
+        the contrastive loss (the shapes facts, or the caption text for real data)."""
+        if self.images is not None:
+            from mavcli.data.folders import ImageCaptionFolder
+
+            ds = ImageCaptionFolder(self.images, size=size, seed=self.seed)
+            items = [ds[i] for i in indices]
+            caps = [it["caption"] for it in items]
+            return torch.stack([it["image"] for it in items]), caps, caps
         from mavcli.data.shapes import ShapesImageDataset
 
         ds = ShapesImageDataset(2**62, size=size, seed=self.seed)
         items = [ds[i] for i in indices]
-        return torch.stack([it["image"] for it in items]), [it["caption"] for it in items], [ds.spec(i) for i in indices]
+        specs = [ds.spec(i) for i in indices]
+        # a single frame shows colour, shape and background, not motion
+        facts = [(sp.colour, sp.shape, sp.background) for sp in specs]
+        return torch.stack([it["image"] for it in items]), [it["caption"] for it in items], facts
 
     def _videos(self, indices, size, frames, rate_factors, base_fps):
+        """videos `(b, 3, f, s, s)`, captions (None for uncaptioned real video), fps `(b,)`."""
+        if self.videos is not None:
+            from mavcli.data.folders import VideoFolder
+
+            ds = VideoFolder(self.videos, frames=frames, size=size, seed=self.seed)
+            items = [ds[i] for i in indices]
+            return (torch.stack([it["video"] for it in items]), None,
+                    torch.tensor([it["fps"] for it in items], dtype=torch.float32))
         from mavcli.data.shapes import ShapesVideoDataset
 
         ds = ShapesVideoDataset(2**62, frames=frames, size=size, seed=self.seed, base_fps=base_fps, rate_factors=rate_factors)
@@ -155,13 +177,11 @@ class Task:
 
     def _loss_clip(self, model, indices, step, device):
         size = self.configs["image_encoder"].image_size
-        images, captions, specs = self._images(indices, size)
+        images, captions, facts = self._images(indices, size)
         ids, mask, _ = self.tokenizer.batch(captions)
         _, text_emb = model.text_encoder(ids.to(device), mask.to(device))
         image_emb = model.image_encoder(images.to(device))
-        # a single frame shows colour, shape and background, not motion: clips that share
-        # those three facts are all positives for each other
-        facts = [(s.colour, s.shape, s.background) for s in specs]
+        # items that share their facts are all positives for each other
         same = torch.tensor([[a == b for b in facts] for a in facts], device=device)
         return clip_loss(text_emb, image_emb, model.logit_scale, same)
 
@@ -174,8 +194,13 @@ class Task:
                               text_emb=pooled, context=tokens, context_mask=mask)
 
     def _decoder_cond(self, model, images_for_emb, captions, indices, device):
-        tokens, mask, _ = self._text(captions, device)
         emb = self._image_emb(images_for_emb.to(device))
+        if captions is None:  # uncaptioned video: the null text token (as in guidance)
+            ctx = model.null_context.detach()
+            tokens = ctx.expand(len(indices), 1, ctx.shape[0])
+            mask = torch.ones(len(indices), 1, dtype=torch.bool, device=device)
+        else:
+            tokens, mask, _ = self._text(captions, device)
         # also drop the image embedding alone now and then, so text tokens can steer by themselves
         only_emb = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 400).to(device)
         emb = torch.where(only_emb[:, None], model.null_cond.detach().expand_as(emb), emb)

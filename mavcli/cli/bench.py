@@ -1,0 +1,121 @@
+"""`mav bench layers`: time mavcli's pseudo-3D layers against make-a-video-pytorch 0.4.0.
+
+The table goes to stdout; progress and notes to stderr. The numbers are medians of interleaved
+rounds in one process, so a slow spell on a shared machine hits both sides alike.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from mavcli.cli import console
+from mavcli.errors import UserInputError
+
+bench_app = typer.Typer(
+    help="Time mavcli's layers on this machine.",
+    no_args_is_help=True,
+)
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+def _parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 5 or min(shape) < 1:
+        raise UserInputError(f"--shape takes five positive integers B,C,F,H,W (a video); got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+@bench_app.command("layers")
+def layers(
+    device: Annotated[Device, typer.Option("--device", help="Where to run.")] = Device.cpu,
+    dtype: Annotated[
+        Optional[DType],
+        typer.Option("--dtype", help="Precision (default: float32 on cpu, bfloat16 autocast on cuda)."),
+    ] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing rounds per row.")] = 15,
+    shape: Annotated[
+        str, typer.Option("--shape", help="Video B,C,F,H,W (the seed README's by default).", metavar="B,C,F,H,W")
+    ] = "1,256,8,16,16",
+) -> None:
+    """Time Pseudo3DConv and SpatioTemporalAttention against make-a-video-pytorch 0.4.0:
+    forward (inference mode) and forward+backward, median ms, speed-up, GFLOP/s."""
+    import torch
+
+    from mavcli.bench.layers import ANCHOR_INSTALL, run_layer_bench
+
+    with console.user_errors():
+        size = _parse_shape(shape)
+        if device is Device.cuda and not torch.cuda.is_available():
+            raise UserInputError("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+        if dtype is None:
+            dtype = DType.bfloat16 if device is Device.cuda else DType.float32
+        torch_dtype = getattr(torch, dtype.value)
+        dim_head = min(64, size[1])
+        with console.err.status("timing...", spinner="dots") as status:
+            result = run_layer_bench(
+                shape=size, dim_head=dim_head, heads=8, device=device.value, dtype=torch_dtype, rounds=rounds,
+                progress=lambda what: status.update(f"timing {what}"),
+        )
+        if result.anchor_error is not None:
+            console.warn(
+                f"the anchor, make-a-video-pytorch, is not installed ({result.anchor_error}); "
+                f"only mavcli's times are shown. Install it with: {ANCHOR_INSTALL}"
+            )
+
+        threads = f", {result.threads} threads" if device is Device.cpu else ""
+        table = Table(
+            title=f"layers at {tuple(size)} on {device.value}{threads}, {dtype.value}, "
+            f"median of {rounds} interleaved rounds",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,  # fits 80 columns (a pipe) without truncating names
+            pad_edge=False,
+        )
+        table.add_column("layer", no_wrap=True)
+        table.add_column("mode", no_wrap=True)
+        table.add_column("mavcli\nms", justify="right")
+        table.add_column("anchor\nms", justify="right")
+        table.add_column("speed-up\n(anchor/\nmavcli)", justify="right")
+        table.add_column("mavcli\nGFLOP/s", justify="right")
+        for row in result.rows:
+            table.add_row(
+                row.layer,
+                row.mode,
+                _ms(row.mavcli_ms),
+                _ms(row.anchor_ms),
+                "n/a" if row.speedup is None else f"{row.speedup:.2f}x",
+                f"{row.gflops:.0f}",
+            )
+        console.out.print(table)
+        console.result(
+            f"matmul rate: {result.matmul_gflops:.0f} GFLOP/s (1024x1024 @ 1024x1024, {dtype.value}). "
+            "GFLOP/s counts each layer's nominal FLOPs (direct convolution, attention as matmuls); "
+            "above the matmul rate means fewer FLOPs were needed (Winograd)."
+        )
+        if result.anchor_error is not None:
+            console.result(f"anchor not installed: {ANCHOR_INSTALL}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mav bench ...` to the app."""
+    app.add_typer(bench_app, name="bench")
