@@ -587,3 +587,20 @@ def test_a_real_saved_pack_round_trips_through_the_hub(hub: StandInHub, tiny_pac
     folder = Path(result.stdout.strip())
     assert folder == env.cache / "models--mavcli--real" / "snapshots" / sha
     assert_pack_is(folder, files)
+
+
+def test_generate_fetches_a_hub_pack_on_first_use(hub: StandInHub, tiny_pack_dir: Path, tmp_path: Path) -> None:
+    """`mav generate --pack owner/name` downloads the pack (verified) and makes the video;
+    a second run is served from the cache without a request."""
+    files = {p.relative_to(tiny_pack_dir).as_posix(): p.read_bytes() for p in tiny_pack_dir.rglob("*") if p.is_file()}
+    sha = hub.add_repo("mavcli/gen", files)
+    env = Env(hub, tmp_path / "hf", tmp_path / "unused.toml", sha, files, tmp_path)
+    out = tmp_path / "v.mp4"
+    result = env.mav("generate", "a red circle moving left on a black background", "--pack", "mavcli/gen",
+                     "--seed", "1", "--out", str(out), manifest=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out) and out.stat().st_size > 0
+    assert (env.cache / "models--mavcli--gen" / "snapshots" / sha / "pack.json").is_file()
+    result = env.mav("generate", "a red circle moving left on a black background", "--pack", "mavcli/gen",
+                     "--seed", "1", "--out", str(tmp_path / "w.mp4"), manifest=False, offline=True)
+    assert result.returncode == 0, result.stderr

@@ -178,3 +178,26 @@ def test_tampered_pack_is_refused(tiny_pack_dir, tmp_path):
     (bad / "pack.json").write_text(json.dumps(index))
     with pytest.raises(PackError, match="plain file name"):
         load_pack(bad)
+
+
+def test_tiled_evaluation_blends_to_the_exact_result_for_a_local_network():
+    from mavcli.models.tiling import tiled
+
+    conv = torch.nn.Conv2d(3, 3, 1)  # pointwise: tiles cannot change its output
+
+    def net(x, t, extra):
+        return conv(x) + extra * t.view(-1, 1, 1, 1)
+
+    x, extra, t = torch.randn(2, 3, 40, 56), torch.randn(2, 3, 40, 56), torch.rand(2)
+    seen = []
+
+    def spy(x, t, extra):
+        seen.append(tuple(x.shape[-2:]))
+        return net(x, t, extra)
+
+    with torch.no_grad():
+        out = tiled(spy, 16, 6)(x, t, extra=extra)
+        torch.testing.assert_close(out, net(x, t, extra), rtol=1e-5, atol=1e-5)
+    assert set(seen) == {(16, 16)} and len(seen) == 4 * 5  # every call sees one tile size
+    with pytest.raises(ValueError, match="overlap"):
+        tiled(net, 16, 16)

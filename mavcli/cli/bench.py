@@ -88,15 +88,17 @@ def layers(
             title=f"layers at {tuple(size)} on {device.value}{threads}, {dtype.value}, "
             f"median of {rounds} interleaved rounds",
             title_justify="left",
+            caption="speed-up = anchor ms / mavcli ms",
+            caption_justify="left",
             box=box.SIMPLE_HEAD,  # fits 80 columns (a pipe) without truncating names
             pad_edge=False,
         )
         table.add_column("layer", no_wrap=True)
         table.add_column("mode", no_wrap=True)
-        table.add_column("mavcli\nms", justify="right")
-        table.add_column("anchor\nms", justify="right")
-        table.add_column("speed-up\n(anchor/\nmavcli)", justify="right")
-        table.add_column("mavcli\nGFLOP/s", justify="right")
+        table.add_column("mavcli\nms", justify="right", min_width=6)
+        table.add_column("anchor\nms", justify="right", min_width=6)
+        table.add_column("speed-up", justify="right", min_width=8)
+        table.add_column("mavcli\nGFLOP/s", justify="right", min_width=7)
         for row in result.rows:
             table.add_row(
                 row.layer,

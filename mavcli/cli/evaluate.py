@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mavcli.cli import console
+from mavcli.cli.loading import open_pipeline
 from mavcli.errors import UserInputError
 
 
@@ -35,7 +36,6 @@ def register(app: typer.Typer) -> None:
         with console.user_errors():
             from mavcli.data.shapes import BACKGROUNDS, HELD_OUT, MOTIONS, parse_caption
             from mavcli.eval.shapes_eval import default_prompts, run_shapes_eval, write_report
-            from mavcli.pipeline import MakeAVideoPipeline
 
             for m in motions:
                 if m not in MOTIONS:
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"the output folder {parent} does not exist")
             if save_videos is not None:
                 save_videos.mkdir(parents=True, exist_ok=True)
-            pipe = MakeAVideoPipeline.from_pretrained(pack, device=device)
+            pipe = open_pipeline(pack, device)
             progress = Progress(TextColumn("[bold]eval shapes"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                                 TextColumn("{task.fields[last]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
             with progress:

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from mavcli.cli import console
+from mavcli.cli.loading import open_pipeline
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
 
@@ -140,11 +141,10 @@ def register(app: typer.Typer) -> None:
             if seed is None:
                 console.info(f"seed {base_seed} (pass --seed {base_seed} to reproduce)")
 
-            from mavcli.pipeline import MakeAVideoPipeline
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
-            pipe = MakeAVideoPipeline.from_pretrained(pack, device=device)
+            pipe = open_pipeline(pack, device)
             load_s = time.perf_counter() - t0
             s = pipe.settings
             skip = s.frame_skip

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mavcli.cli import console
+from mavcli.cli.loading import open_pipeline
 from mavcli.errors import UserInputError
 
 FACTORS = (2, 4, 8)
@@ -67,9 +68,8 @@ def register(app: typer.Typer) -> None:
             if cuts:
                 console.info(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
 
-            from mavcli.pipeline import MakeAVideoPipeline
 
-            pipe = MakeAVideoPipeline.from_pretrained(pack, device=device)
+            pipe = open_pipeline(pack, device)
             opts = {"steps": steps} if steps else {}
             new_fps = info.fps * factor
             progress = Progress(TextColumn("[bold]interpolate"), BarColumn(), MofNCompleteColumn(), TextColumn("input frames"),

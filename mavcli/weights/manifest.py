@@ -351,3 +351,27 @@ def _parse_file(item: Any, where: str) -> FileEntry:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"{where} ({path}): 'size' must be a whole number of bytes >= 0")
     return FileEntry(path=path, sha256=sha.lower(), size=size)
+
+
+def manifest_entry(folder: str | Path, name: str, *, bundled: str | None = None, repo: str | None = None,
+                   revision: str | None = None, description: str = "") -> str:
+    """The weights.toml text that pins every file of a pack folder by sha256 and size."""
+    from mavcli.weights.hub import sha256_file
+
+    folder = Path(folder)
+    lines = [f"[packs.{name}]"]
+    if repo:
+        lines.append(f'repo = "{repo}"')
+    if revision:
+        lines.append(f'revision = "{revision}"')
+    if bundled:
+        lines.append(f'bundled = "{bundled}"')
+    if description:
+        lines.append(f"description = {description!r}".replace("'", '"'))
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        lines += ["", f"[[packs.{name}.files]]", f'path = "{rel}"', f'sha256 = "{sha256_file(path)}"',
+                  f"size = {path.stat().st_size}"]
+    text = "\n".join(lines) + "\n"
+    parse_manifest(text, source="generated entry")  # what we write must read back
+    return text
