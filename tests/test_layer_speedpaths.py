@@ -35,6 +35,14 @@ def grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int = 1) -> list[
 
 # --- Winograd convolution ---------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def small_channels_take_the_fast_path(monkeypatch, request):
+    """Test the algorithm at small, quick sizes: lower the channel threshold to 32 (the
+    threshold itself is tested at its real value in test_winograd_taken_and_fallbacks)."""
+    if "fallbacks" not in request.node.name:
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 32)
+
+
 @pytest.mark.parametrize(
     "n,c,k,h,w",
     [(2, 5, 7, 8, 8), (3, 4, 6, 5, 9), (1, 3, 2, 1, 1), (2, 6, 4, 7, 3), (1, 2, 3, 4, 13)],
@@ -138,6 +146,34 @@ def test_winograd_scratch_buffers_are_safe_across_shapes_and_modes():
     assert rel_err(conv(xs[1]), refs[1]) < 5e-5
 
 
+def test_inference_kernel_cache_follows_weight_updates():
+    """Inference reuses the transformed kernels until the weights change in place, are loaded,
+    or are replaced."""
+    torch.manual_seed(0)
+    conv = _perturbed_conv(32)
+    x = torch.randn(1, 32, 2, 8, 8)
+
+    def check():
+        with torch.inference_mode():
+            out = conv(x)
+        with winograd.fast_paths(False), torch.no_grad():
+            assert rel_err(out, conv(x)) < 5e-5
+
+    check()
+    with torch.no_grad():
+        conv.spatial_conv.weight.mul_(-2.0)  # an optimizer-style in-place step
+    check()
+    other = _perturbed_conv(32)
+    conv.load_state_dict(other.state_dict())
+    check()
+    conv.spatial_conv.weight = torch.nn.Parameter(torch.randn_like(conv.spatial_conv.weight))
+    check()
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv(x).square().mean().backward()
+    opt.step()
+    check()
+
+
 def test_winograd_taken_and_fallbacks(monkeypatch):
     calls = []
     real = winograd.conv3x3
@@ -147,30 +183,33 @@ def test_winograd_taken_and_fallbacks(monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(winograd, "conv3x3", spy)
-    video = lambda c: torch.randn(1, c, 2, 6, 6)  # noqa: E731
+    c = winograd.MIN_CHANNELS
+    video = lambda ch: torch.randn(1, ch, 2, 6, 6)  # noqa: E731
 
-    Pseudo3DConv(32, 3)(video(32))
-    assert len(calls) == 1  # taken: CPU, float32, 3x3, 32 channels
+    Pseudo3DConv(c, 3)(video(c))
+    Pseudo3DConv(c, 3)(torch.randn(1, c, 6, 6))
+    assert len(calls) == 2  # taken: CPU, float32, 3x3, enough channels, videos and images
 
     calls.clear()
-    Pseudo3DConv(16, 3)(video(16))  # too few channels
-    Pseudo3DConv(32, 3, dim_out=8)(video(32))  # too few output channels
-    Pseudo3DConv(32, 5)(video(32))  # another kernel
-    Pseudo3DConv(32, 1, temporal_kernel_size=3)(video(32))  # pointwise
-    Pseudo3DConv(32, 3).double()(video(32).double())  # float64
-    Pseudo3DConv(32, 3).bfloat16()(video(32).bfloat16())  # bfloat16
+    Pseudo3DConv(c // 2, 3)(video(c // 2))  # too few channels
+    Pseudo3DConv(c, 3, dim_out=8)(video(c))  # too few output channels
+    Pseudo3DConv(c, 5)(video(c))  # another kernel
+    Pseudo3DConv(c, 1, temporal_kernel_size=3)(video(c))  # pointwise
+    Pseudo3DConv(c, 3).double()(video(c).double())  # float64
+    Pseudo3DConv(c, 3).bfloat16()(video(c).bfloat16())  # bfloat16
     with winograd.fast_paths(False):
-        Pseudo3DConv(32, 3)(video(32))
+        Pseudo3DConv(c, 3)(video(c))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        Pseudo3DConv(32, 3)(video(32))
+        Pseudo3DConv(c, 3)(video(c))
     assert calls == []
 
-    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
-    assert winograd.use_winograd(torch.empty(1, 32, 4, 4), conv)
-    assert not winograd.use_winograd(torch.empty(1, 32, 4, 4, device="meta"), conv)  # not CPU (e.g. CUDA)
-    assert not winograd.use_winograd(torch.empty(1, 32, 4, 4), torch.nn.Conv2d(32, 32, 3, padding=1, stride=2))
-    assert not winograd.use_winograd(torch.empty(1, 32, 4, 4), torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2))
-    assert not winograd.use_winograd(torch.empty(1, 32, 4, 4), torch.nn.Conv2d(32, 32, 3, padding=1, groups=2))
+    conv = torch.nn.Conv2d(c, c, 3, padding=1)
+    x = torch.empty(1, c, 4, 4)
+    assert winograd.use_winograd(x, conv)
+    assert not winograd.use_winograd(torch.empty(1, c, 4, 4, device="meta"), conv)  # not CPU (e.g. CUDA)
+    assert not winograd.use_winograd(x, torch.nn.Conv2d(c, c, 3, padding=1, stride=2))
+    assert not winograd.use_winograd(x, torch.nn.Conv2d(c, c, 3, padding=2, dilation=2))
+    assert not winograd.use_winograd(x, torch.nn.Conv2d(c, c, 3, padding=1, groups=2))
 
 
 # --- attention: a plain re-implementation of the layer's definition ------------------------------

@@ -127,6 +127,14 @@ def test_export_load_generate(tmp_path):
     assert out.unknown_words == []
     with pytest.raises(UserInputError, match="already exists"):
         export_pack(runs, tmp_path / "pack", preset="tiny")
+    # a later run can start from the pack's weights (how the bundled pack is trained further)
+    more = train(TrainConfig(stage="sr_video", init_pack=str(pack), **{**common, "out": str(tmp_path / "more"), "steps": 1}))
+    _, _, t0, _ = read_checkpoint(more)
+    from mavcli.weights.safetensors_io import read_network
+
+    _, packed = read_network(pack / "sr_video.safetensors")
+    moved = [(t0["model/" + k] - v.float()).abs().max().item() for k, v in packed.items()]
+    assert max(moved) < 0.01  # one small step away from the pack's weights, not a fresh network
 
 
 def test_real_data_folders_train_every_kind_of_stage(tmp_path):

@@ -57,6 +57,10 @@ def layers(
     shape: Annotated[
         str, typer.Option("--shape", help="Video B,C,F,H,W (the seed README's by default).", metavar="B,C,F,H,W")
     ] = "1,256,8,16,16",
+    threads: Annotated[
+        Optional[int],
+        typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's own choice)."),
+    ] = None,
 ) -> None:
     """Time Pseudo3DConv and SpatioTemporalAttention against make-a-video-pytorch 0.4.0:
     forward (inference mode) and forward+backward, median ms, speed-up, GFLOP/s."""
@@ -72,6 +76,8 @@ def layers(
             dtype = DType.bfloat16 if device is Device.cuda else DType.float32
         torch_dtype = getattr(torch, dtype.value)
         dim_head = min(64, size[1])
+        if threads is not None:
+            torch.set_num_threads(threads)
         with console.err.status("timing...", spinner="dots") as status:
             result = run_layer_bench(
                 shape=size, dim_head=dim_head, heads=8, device=device.value, dtype=torch_dtype, rounds=rounds,

@@ -60,6 +60,7 @@ def _make_command(stage: str):
         encoders: Optional[str] = typer.Option(None, help="The clip checkpoint (prior and decoder stages)."),
         init_from: Optional[str] = typer.Option(None, "--init-from", help="keyframes: the keyframes_image checkpoint to inflate."),
         threads: Optional[int] = typer.Option(None, help="CPU threads per process."),
+        init_pack: Optional[str] = typer.Option(None, "--init-pack", help="Start from this pack's weights for the stage (e.g. to train the bundled pack further)."),
         images: Optional[str] = typer.Option(None, help="Real data: a folder of images, each with a same-named .txt caption."),
         videos: Optional[str] = typer.Option(None, help="Real data: a folder of videos (no captions needed)."),
         config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of these options."),
@@ -74,7 +75,7 @@ def _make_command(stage: str):
 
             opts = dict(steps=steps, batch_size=batch_size, lr=lr, out=out, preset=preset, seed=seed,
                         ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads,
-                        images=images, videos=videos)
+                        images=images, videos=videos, init_pack=init_pack)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),

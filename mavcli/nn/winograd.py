@@ -7,20 +7,21 @@ F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input tile with 36 products
 
     input tile  d (6x6)  ->  V = B^T d B           (two small matmuls over the whole batch)
     weight      g (3x3)  ->  U = G g G^T           (one small matmul)
-    product              ->  M[xi] = V[xi] @ U[xi]  (36 GEMMs over channels)
+    product              ->  M[xi] = V[xi] U[xi]^T (36 GEMMs over channels)
     output tile          ->  Y = A^T M A  (4x4)    (two small matmuls)
 
-The interpolation points 0, +-1, +-2 keep the transforms exact in binary (integers and 1/24
-multiples of small integers) and the float32 error small: about 1e-5 of the output's largest
-value at the seed shapes, against 3e-7 for the direct convolution (see
-tests/test_layer_speedpaths.py), well inside the 1e-4 that float32 training tolerates.
+With the interpolation points 0, +-1, +-2 the data transforms B^T and A^T are small integers
+and G has entries 1/4 .. 1/24; the float32 error stays small: about 1e-5 of the output's
+largest value at the seed shapes (gradients alike), against 3e-7 for the direct convolution
+(see tests/test_layer_speedpaths.py), inside the 1e-4 asked of the layers.
 
 The transforms run channels-last (`..., c` innermost): each is a matmul with a 6x6 (or 4x6)
 constant whose other operand is a contiguous `(6, rest)` block. Backward is written by hand
 (`torch.autograd.Function`): the gradient GEMMs run in the transform domain as well
-(dU = V^T dM, dV = dM U^T), so forward and backward both get the FLOP cut.
+(dU = dM^T V, dV = dM U), so forward and backward both get the FLOP cut. Temporaries live in
+per-thread scratch buffers, and in inference the transformed kernels U are cached per weight.
 
-`use_winograd` says where it runs: CPU, float32, kernel 3, stride 1, enough channels. On CUDA
+`use_winograd` says where it runs: CPU, float32, kernel 3, stride 1, >= MIN_CHANNELS. On CUDA
 cuDNN already chooses Winograd or implicit-GEMM kernels itself, and for a handful of channels
 the transforms cost more than the GEMM saves; there `F.conv2d` runs.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -37,9 +39,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # Fewest input and output channels for which the fast path is taken: the transforms cost
-# O(channels) per pixel, the GEMM it saves O(channels^2) (measured on a 2-core AVX-512 CPU:
-# break-even near 24 channels at 16x16).
-MIN_CHANNELS = 32
+# O(channels) per pixel, the GEMM work they save O(channels^2). Measured against oneDNN's
+# direct convolution on a 2-core AVX-512 CPU (one thread, 8 frames): even at 64 channels on
+# 16x16 frames (1.2x faster at 32x32), 1.05x at 128, 1.3-1.4x at 256.
+MIN_CHANNELS = 64
 
 _enabled = True
 
@@ -177,9 +180,51 @@ def _zero_padded(shape: tuple[int, ...], like: torch.Tensor, interior: tuple[sli
     return buf
 
 
+# Transformed kernels U for inference (no autograd), per weight tensor: sampling runs the same
+# weights many times, so the 36/9-times-larger U is made once (as inference engines prepack
+# weights). Valid while the weight's storage and version counter are unchanged (any in-place
+# update, e.g. an optimizer step or load_state_dict, bumps the version); bounded in size.
+# Writes through `weight.data` bypass the version counter: call `clear_scratch()` after them.
+WEIGHT_CACHE_MAX_BYTES = 256 * 2**20
+_weight_cache: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+_weight_cache_lock = threading.Lock()
+
+
+def _transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """U = (G (x) G) g for every kernel: `(k, c, 3, 3)` -> `(36, k, c)`."""
+    k, c = weight.shape[:2]
+    gg = _matrices(weight.device, weight.dtype)["GG"]
+    u = weight.new_empty(36, k, c) if out is None else out
+    torch.mm(gg, weight.reshape(k * c, 9).t(), out=u.view(36, k * c))
+    return u
+
+
+def _cached_transform(weight: torch.Tensor) -> torch.Tensor:
+    key = id(weight)
+    stamp = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, weight.device)
+    with _weight_cache_lock:
+        hit = _weight_cache.get(key)
+        if hit is not None and hit[0]() is weight and hit[1] == stamp:
+            return hit[2]
+    with torch.inference_mode(False), torch.no_grad():
+        u = _transform_weight(weight.detach())
+    with _weight_cache_lock:
+        for dead in [k for k, (ref, _, _) in _weight_cache.items() if ref() is None]:
+            del _weight_cache[dead]
+        _weight_cache.pop(key, None)
+        size = u.numel() * u.element_size()
+        while _weight_cache and size + sum(v[2].numel() * v[2].element_size() for v in _weight_cache.values()) > WEIGHT_CACHE_MAX_BYTES:
+            del _weight_cache[next(iter(_weight_cache))]  # oldest first
+        if size <= WEIGHT_CACHE_MAX_BYTES:
+            _weight_cache[key] = (weakref.ref(weight), stamp, u)
+    return u
+
+
 def clear_scratch() -> None:
-    """Free this thread's scratch buffers."""
+    """Free this thread's scratch buffers and the cached transformed kernels."""
     _scratch.bufs.clear()
+    with _weight_cache_lock:
+        _weight_cache.clear()
 
 
 # --- F(4x4, 3x3) -------------------------------------------------------------------------------
@@ -194,13 +239,13 @@ class _Conv3x3(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, channels_last_out):
+    def forward(ctx, x, weight, bias, channels_last_out, keep):
+        """`keep`: autograd will call backward (V and U must outlive the call)."""
         n, c, h, w = x.shape
         k = weight.shape[0]
         th, tw = (h + 3) // 4, (w + 3) // 4
         p = n * th * tw
         mats = _matrices(x.device, x.dtype)
-        keep = any(ctx.needs_input_grad[:3])  # a backward will follow: V and U^T must survive
         saved = (lambda name, shape: x.new_empty(shape)) if keep else (lambda name, shape: _buffer(name, shape, x))
         # zero-padded channels-last input (n, 4 th + 2, 4 tw + 2, c)
         inside = (slice(None), slice(1, h + 1), slice(1, w + 1))
@@ -212,8 +257,7 @@ class _Conv3x3(torch.autograd.Function):
         tiles.copy_(xp.as_strided(tiles.shape, (s[1], s[2], s[0], 4 * s[1], 4 * s[2], s[3])))
         v = _two_sided(mats["BT"], tiles, _buffer("tmp", (36 * p * c,), x), saved("v", (36, p, c)))
         # U (36, k, c) from the kernel, then 36 GEMMs (p, c) @ (c, k)
-        u = saved("u", (36, k, c))
-        torch.mm(mats["GG"], weight.reshape(k * c, 9).t(), out=u.view(36, k * c))
+        u = _transform_weight(weight) if keep else _cached_transform(weight)
         m = torch.bmm(v, u.transpose(1, 2), out=_buffer("m", (36, p, k), x))
         y = _two_sided(mats["AT"], m.view(6, 6, p * k), _buffer("tmp", (24 * p * k,), x), _buffer("y", (4, 4, p * k), x))
         y = y.view(4, 4, n, th, tw, k)
@@ -270,7 +314,7 @@ class _Conv3x3(torch.autograd.Function):
             acc[:, 1:, :2, 1:, :2].add_(d[:, :, 4:, :, 4:])
             acc = acc.view(n, 4 * th + 4, 4 * tw + 4, c)
             dx = acc[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2).contiguous()
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def conv3x3(
@@ -281,4 +325,5 @@ def conv3x3(
     `x`: `(n, c, h, w)` float; `weight`: `(k, c, 3, 3)`. Returns `(n, k, h, w)` contiguous, or
     `(n, h, w, k)` contiguous with `channels_last_out=True`.
     """
-    return _Conv3x3.apply(x, weight, bias, channels_last_out)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _Conv3x3.apply(x, weight, bias, channels_last_out, keep)

@@ -43,6 +43,7 @@ class TrainConfig:
     cond_drop: float = 0.1
     encoders: str | None = None  # clip checkpoint (prior, keyframes_image, keyframes)
     init_from: str | None = None  # keyframes: the keyframes_image checkpoint to inflate
+    init_pack: str | None = None  # continue from a pack's weights (e.g. the bundled one)
     images: str | None = None  # real data: a folder of images with same-named .txt captions
     videos: str | None = None  # real data: a folder of (uncaptioned) videos
     threads: int | None = None
@@ -138,6 +139,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         load_state_strict(init, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, cfg.init_from)
     torch.manual_seed(cfg.seed)
     model = task.build_model(init).to(device)
+    if cfg.init_pack and not resume:
+        _load_from_pack(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     out = run_dir(cfg)
@@ -180,6 +183,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if world > 1:
         dist.barrier()
     return last
+
+
+def _load_from_pack(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Warm-start a stage from a pack (float16 weights become the float32 starting point)."""
+    from mavcli.train.export import SOURCES
+    from mavcli.weights.pack import read_index
+    from mavcli.weights.safetensors_io import load_state_strict, read_network
+
+    folder = Path(cfg.init_pack)
+    index = read_index(folder)
+    tensors = {}
+    for pack_stage, (source, prefix) in SOURCES.items():
+        if source != cfg.stage:
+            continue
+        if pack_stage not in index["stages"]:
+            raise UserInputError(f"pack {folder} has no {pack_stage} network to start {cfg.stage} from")
+        _, net = read_network(folder / index["stages"][pack_stage])
+        tensors.update({prefix + k: v for k, v in net.items()})
+    if not tensors:
+        raise UserInputError(f"a pack holds no {cfg.stage} network (it is a training-only stage); start it without --init-pack")
+    if cfg.stage == "clip":
+        tensors["logit_scale"] = model.logit_scale.detach().clone()
+    load_state_strict(model, tensors, f"{folder} ({cfg.stage})")
 
 
 def _log(out: Path, row: dict) -> None:
