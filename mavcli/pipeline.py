@@ -202,10 +202,17 @@ class MakeAVideoPipeline:
             guidance = 1.0  # nothing to guide towards
         gen = self._generator(seed, "interpolation")
         x = self._noise(video.shape, gen)
+        schedule = self._schedule(h)
+        t0 = float(self.settings.interp_start)
+        extra_opts = {}
+        if t0 < 1.0:  # start from the linear blend of the known frames, partly noised (SDEdit)
+            alpha, sigma = (v.item() for v in schedule.alpha_sigma(torch.tensor([t0])))
+            x = alpha * linear_blend(video, known) + sigma * x
+            extra_opts["t_start"] = t0
         model = guided(net, guidance, **kwargs)
         with self._autocast():
-            out = sample(model, x, steps, schedule=self._schedule(h), sampler=sampler or self.settings.sampler,
-                         generator=gen, callback=_stage_cb(callback, "interpolation")).float()
+            out = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
+                         generator=gen, callback=_stage_cb(callback, "interpolation"), **extra_opts).float()
         return torch.where(mask.bool().expand_as(out), video, out)
 
     @torch.no_grad()
@@ -425,6 +432,25 @@ class MakeAVideoPipeline:
         if stop_after is None:
             video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
         return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
+
+
+def linear_blend(video: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill the unknown frames of `(b, c, n, h, w)` by linear interpolation between the nearest
+    known frames (copies of the nearest one beyond the first / last known frame)."""
+    idx = torch.nonzero(known.cpu()).flatten().tolist()
+    out = video.clone()
+    for i in range(video.shape[2]):
+        if known[i]:
+            continue
+        left = [k for k in idx if k < i]
+        right = [k for k in idx if k > i]
+        if left and right:
+            a, b = left[-1], right[0]
+            w = (i - a) / (b - a)
+            out[:, :, i] = (1 - w) * video[:, :, a] + w * video[:, :, b]
+        else:
+            out[:, :, i] = video[:, :, (left or right)[-1 if left else 0]]
+    return out
 
 
 def _null_inputs(net, b: int, device) -> dict:

@@ -89,3 +89,20 @@ def test_objective_is_zero_for_the_oracle_and_drops_conditioning():
         return torch.zeros_like(x)
     diffusion_loss(model, torch.zeros(1000, 2), SCHED, cond_drop_prob=0.2, generator=torch.Generator().manual_seed(0))
     assert 0.15 < seen["drop"].float().mean().item() < 0.25
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmpp"])
+def test_sampling_from_a_partly_noised_start(sampler):
+    """SDEdit: start at t_start from x_t; the first model call is at t_start."""
+    target = torch.tensor([[0.2, -0.4]])
+    times = []
+    oracle = point_oracle(target)
+
+    def model(x, t, **kw):
+        times.append(round(t[0].item(), 4))
+        return oracle(x, t)
+
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
+    out = sample(model, x, 6, schedule=SCHED, sampler=sampler, t_start=0.5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, target, atol=1e-3, rtol=0)
+    assert times[0] == 0.5 and len(times) == 6 and all(a > b for a, b in zip(times, times[1:]))

@@ -361,21 +361,17 @@ def test_attention_token_api_matches_reference(causal):
             assert rel_err(a, r) < 1e-10
 
 
-def test_half_split_rotary_is_the_interleaved_rotary():
-    """The channel reorder the attention uses turns Rotary's pairs into two halves."""
+def test_complex_phasor_rotation_is_the_interleaved_rotary():
+    """The attention rotates channel pairs as complex numbers; that is Rotary's rotation."""
     from mavcli.nn.embeddings import Rotary
 
-    for d, grid in ((8, (3, 5)), (7, (4,)), (12, (2, 3))):
+    for d, grid in ((8, (3, 5)), (6, (4,)), (12, (2, 3)), (6, (2, 2))):  # (6, 2-D): 2 unrotated channels
         rot = Rotary(d, len(grid))
         q = torch.randn(2, 3, math.prod(grid), d)
         qr, _ = rot(q, q, grid)
-        perm = rot.half_split_perm()
-        cos, sin = rot.angles(grid, q.device, q.dtype)
-        r2 = cos.shape[-1]
-        x = q[..., perm]
-        x1, x2 = x[..., :r2], x[..., r2 : 2 * r2]
-        y = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., 2 * r2 :]], dim=-1)
-        torch.testing.assert_close(y, qr[..., perm])
+        z = torch.view_as_complex(q.reshape(2, 3, -1, d // 2, 2))
+        y = torch.view_as_real(z * rot.phasor(grid, q.device)).reshape(q.shape)
+        torch.testing.assert_close(y, qr)
         torch.testing.assert_close(qr, ref_rotary(q, grid))
 
 

@@ -201,3 +201,14 @@ def test_tiled_evaluation_blends_to_the_exact_result_for_a_local_network():
     assert set(seen) == {(16, 16)} and len(seen) == 4 * 5  # every call sees one tile size
     with pytest.raises(ValueError, match="overlap"):
         tiled(net, 16, 16)
+
+
+def test_linear_blend_fills_between_and_beyond_known_frames():
+    from mavcli.pipeline import linear_blend
+
+    video = torch.zeros(1, 1, 6, 1, 1)
+    video[0, 0, 1] = 1.0
+    video[0, 0, 4] = 4.0
+    known = torch.tensor([False, True, False, False, True, False])
+    out = linear_blend(video, known).flatten().tolist()
+    assert out == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]

@@ -58,9 +58,10 @@ def _predict(model: Model, x: torch.Tensor, t: float, schedule: CosineSchedule,
 
 
 def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
-                generator: torch.Generator | None = None, callback: Callback | None = None, clip: bool = True) -> torch.Tensor:
-    """Deterministic DDIM (Song et al. 2021, eta = 0) from t=1 to 0 in `steps` uniform steps."""
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+                generator: torch.Generator | None = None, callback: Callback | None = None, clip: bool = True,
+                t_start: float = 1.0) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021, eta = 0) from t_start to 0 in `steps` uniform steps."""
+    ts = schedule.timesteps(steps, "time", t_start).tolist()
     for i in range(steps):
         x0, eps = _predict(model, x, ts[i], schedule, clip)
         if i == steps - 1:  # t = 0: the clean estimate itself
@@ -75,10 +76,11 @@ def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 
 def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
-                noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, clip: bool = True) -> torch.Tensor:
+                noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, clip: bool = True,
+                t_start: float = 1.0) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020) of the posterior q(x_s | x_t, x0) on `steps` steps.
     `noise_fn(like)` draws the fresh noise (default: iid from `generator`)."""
-    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    ts = schedule.timesteps(steps, "time", t_start).tolist()
     draw = noise_fn or (lambda like: torch.randn(like.shape, generator=generator).to(like.device, like.dtype))
     for i in range(steps):
         x0, _ = _predict(model, x, ts[i], schedule, clip)
@@ -97,11 +99,11 @@ def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                     generator: torch.Generator | None = None, callback: Callback | None = None,
-                    clip: bool = True) -> torch.Tensor:
+                    clip: bool = True, t_start: float = 1.0) -> torch.Tensor:
     """DPM-Solver++(2M), a second-order multistep solver in data prediction (Lu et al. 2022,
     algorithm 2), with steps uniform in log-SNR (far more accurate than uniform-in-t at 10-20
     steps: the oracle tests in tests/test_diffusion.py measure it)."""
-    ts = schedule.timesteps(steps, "logsnr")
+    ts = schedule.timesteps(steps, "logsnr", t_start)
     lam = schedule.logsnr(ts) / 2  # log(alpha / sigma)
     alphas, sigmas = schedule.alpha_sigma(ts)
     prev_x0 = None
@@ -128,7 +130,8 @@ SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "dpmpp": sample_dpmpp_2m}
 
 def sample(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule, sampler: str = "dpmpp",
            generator: torch.Generator | None = None, callback: Callback | None = None, **kwargs) -> torch.Tensor:
-    """Run the named sampler; `x` is the initial noise `(b, ...)`, returns x0 estimates."""
+    """Run the named sampler; `x` is the initial noise `(b, ...)` (or, with `t_start < 1`, a
+    partly noised estimate x_t at t_start, as in SDEdit), returns x0 estimates."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     try:

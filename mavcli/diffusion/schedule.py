@@ -40,13 +40,14 @@ class CosineSchedule:
         angle = torch.atan(torch.exp(-0.5 * (lam.double() - self.shift)))
         return ((angle - t_min) / (t_max - t_min)).clamp(0, 1).float()
 
-    def timesteps(self, steps: int, spacing: str = "time") -> torch.Tensor:
-        """`steps + 1` times from 1 to 0, uniform in t ("time") or in log-SNR ("logsnr")."""
+    def timesteps(self, steps: int, spacing: str = "time", t_start: float = 1.0) -> torch.Tensor:
+        """`steps + 1` times from `t_start` to 0, uniform in t ("time") or in log-SNR ("logsnr")."""
         if spacing == "time":
-            return torch.linspace(1.0, 0.0, steps + 1)
-        lam = torch.linspace(self.logsnr_min + self.shift, self.logsnr_max + self.shift, steps + 1)
+            return torch.linspace(t_start, 0.0, steps + 1)
+        lam_start = self.logsnr(torch.tensor([t_start])).item()
+        lam = torch.linspace(lam_start, self.logsnr_max + self.shift, steps + 1)
         ts = self.t_from_logsnr(lam)
-        ts[0], ts[-1] = 1.0, 0.0
+        ts[0], ts[-1] = t_start, 0.0
         return ts
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

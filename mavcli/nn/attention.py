@@ -18,9 +18,8 @@ every step a contiguous pass or a free view):
   the temporal attention's are `(b h w)`, both plain views, so neither attention rearranges
   the token tensor, and `scaled_dot_product_attention` writes its output straight in token
   layout (it follows the query's strides);
-- query-key RMS normalisation, its gain and the rotary rotation are one hand-differentiated
-  step (`_QKNormRotary`) on the "half-split" channel order (see `Rotary`), obtained for free by
-  reordering the rows of the q/k projection;
+- the q/k/v projection, query-key RMS normalisation, its gain and the rotary rotation are one
+  hand-differentiated step (`_SelfQKV`); the rotation is a complex multiply on channel pairs;
 - the residual adds ride on the output projections' GEMMs (`addmm`).
 """
 
@@ -38,37 +37,25 @@ from mavcli.nn.norm import RMSNorm
 from mavcli.nn.shapes import check_input
 
 
-def _rotation_tables(gain, cos, sin, dtype):
-    """Per-pair factors `(a, b, c, e)` of gain-then-rotate in half-split order, each
-    `(1, p, 1, 2, 1, r2)`: y1 = x1 a - x2 b, y2 = x2 c + x1 e (gains folded in)."""
-    r2 = cos.shape[-1]
-    cs = cos.to(dtype).view(1, -1, 1, 1, 1, r2)
-    sn = sin.to(dtype).view(1, -1, 1, 1, 1, r2)
-    if gain is None:
-        return cs, sn, cs, sn
-    g1, g2 = gain[:, None, :r2], gain[:, None, r2 : 2 * r2]
-    return g1 * cs, g2 * sn, g2 * cs, g1 * sn
-
-
 class _SelfQKV(torch.autograd.Function):
     """Self-attention inputs in one step: `qkv = h @ w.T`, then for q and k: RMS norm over each
     head vector, gain, rotary rotation; v passes through.
 
     `h`: `(T, dim)`, T = a*p*m tokens with their rotary position on the middle factor p;
-    `w`: `(3 * heads * d, dim)`, q and k rows in half-split channel order (see `Rotary`);
-    `gain`: `(2, d)` (q's, k's, same order) or None; `cos`, `sin`: `(p, r2)` (r2 = 0: no
-    rotary). Returns q, k `(a, p, m, heads, d)` and v `(T, heads, d)`, views.
+    `w`: `(3 * heads * d, dim)` (d even); `gain`: `(2, d)` (q's, k's) or None; `phasor`:
+    `(p, d/2)` complex, e^(i angle) of each channel pair (2j, 2j+1) at each position (1 for
+    pairs that do not rotate), or None. Returns q, k `(a, p, m, heads, d)` and v `(T, heads, d)`.
 
-    Hand-written backward: the gradients of q, k and v arrive as three tensors and are never
-    concatenated (the projection's backward runs as one GEMM per part), and the norm-gain-rotary
-    steps take 4 passes forward and 8 backward, about half of what autograd records.
+    The rotation is one complex multiply on the pairs viewed as complex numbers (a vectorised
+    pass); norm and gain are one real pass each. Backward is written by hand: the gradients of
+    q, k and v arrive as three tensors and are never concatenated (the projection's backward
+    runs one GEMM per part), and the rotation, gain and norm take 5 passes over q and k.
     """
 
     @staticmethod
-    def forward(ctx, h, w, gain, cos, sin, a, p, m, heads, eps, norm):
+    def forward(ctx, h, w, gain, phasor, a, p, m, heads, eps, norm):
         inner = w.shape[0] // 3
         d = inner // heads
-        r2 = cos.shape[-1]
         qkv = torch.mm(h, w.t())
         x = qkv[:, : 2 * inner].view(a, p, m, 2, heads, d)
         r = None
@@ -80,24 +67,17 @@ class _SelfQKV(torch.autograd.Function):
             xh = x * r
         else:
             xh = x.contiguous()
-        g = None if gain is None else gain.to(x.dtype)
-        if r2 == 0 and g is None:
-            y = xh
-        else:
-            y = torch.empty_like(xh, memory_format=torch.contiguous_format)
-            if r2:
-                ta, tb, tc, te = _rotation_tables(g, cos, sin, x.dtype)
-                x1, x2 = xh[..., :r2], xh[..., r2 : 2 * r2]
-                y1, y2 = y[..., :r2], y[..., r2 : 2 * r2]
-                torch.mul(x1, ta, out=y1)
-                y1.addcmul_(x2, tb, value=-1.0)
-                torch.mul(x2, tc, out=y2)
-                y2.addcmul_(x1, te)
-            if 2 * r2 < d:
-                rest, out = xh[..., 2 * r2 :], y[..., 2 * r2 :]
-                torch.mul(rest, g[:, None, 2 * r2 :], out=out) if g is not None else out.copy_(rest)
-        ctx.save_for_backward(h, w, xh, r, g, cos, sin)
-        ctx.norm = norm
+        g = None if gain is None else gain.to(x.dtype).view(2, 1, d)
+        y = xh if g is None else xh * g
+        if phasor is not None:
+            wide = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32  # no bf16 complex
+            z = torch.view_as_complex(y.to(wide).view(a, p, m, 2, heads, d // 2, 2))
+            e = phasor.to(z.dtype).view(1, p, 1, 1, 1, d // 2)
+            y = torch.view_as_real(z * e).view(a, p, m, 2, heads, d).to(x.dtype)
+        elif y is x:
+            y = x.contiguous()
+        ctx.save_for_backward(h, w, xh, r, g, phasor)
+        ctx.shape = (a, p, m, heads, d)
         ctx.gain_dtype = None if gain is None else gain.dtype
         v = qkv[:, 2 * inner :].view(-1, heads, d)
         return y[..., 0, :, :], y[..., 1, :, :], v
@@ -105,43 +85,37 @@ class _SelfQKV(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gq, gk, gv):
-        h, w, xh, r, g, cos, sin = ctx.saved_tensors
-        inner = w.shape[0] // 3
-        d = xh.shape[-1]
-        r2 = cos.shape[-1]
-        grads = [gq, gk]
-        for j in range(2):
-            grads[j] = xh.new_zeros(xh[..., j, :, :].shape) if grads[j] is None else grads[j].to(xh.dtype)
-        # u: the output gradient rotated back (w.r.t. the gained, unrotated vectors)
-        if r2:
-            cs = cos.to(xh.dtype).view(1, -1, 1, 1, r2)
-            sn = sin.to(xh.dtype).view(1, -1, 1, 1, r2)
-            u = torch.empty_like(xh)
-            for j, gy in enumerate(grads):
-                gy1, gy2 = gy[..., :r2], gy[..., r2 : 2 * r2]
-                u1, u2 = u[..., j, :, :r2], u[..., j, :, r2 : 2 * r2]
-                torch.mul(gy1, cs, out=u1)
-                u1.addcmul_(gy2, sn)
-                torch.mul(gy2, cs, out=u2)
-                u2.addcmul_(gy1, sn, value=-1.0)
-                if 2 * r2 < d:
-                    u[..., j, :, 2 * r2 :].copy_(gy[..., 2 * r2 :])
-        else:
-            u = torch.stack(grads, dim=3)
+        h, w, xh, r, g, phasor = ctx.saved_tensors
+        a, p, m, heads, d = ctx.shape
+        inner = heads * d
+        dtype = xh.dtype
+        gy = torch.empty_like(xh)  # (a, p, m, 2, heads, d), q's and k's gradients side by side
+        for j, gj in enumerate((gq, gk)):
+            if gj is None:
+                gy[..., j, :, :].zero_()
+            elif phasor is None:
+                gy[..., j, :, :].copy_(gj)
+        if phasor is not None:
+            # u = rotation back: conj(e) * gy, per pair as complex numbers
+            wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+            e = phasor.to(torch.complex128 if wide == torch.float64 else torch.complex64).conj()
+            e = e.view(1, p, 1, 1, d // 2)
+            for j, gj in enumerate((gq, gk)):
+                if gj is not None:
+                    gz = torch.view_as_complex(gj.to(wide).contiguous().view(a, p, m, heads, d // 2, 2))
+                    gy[..., j, :, :].copy_(torch.view_as_real(gz * e).view(a, p, m, heads, d))
         ggain = None
         if g is not None:
             if ctx.needs_input_grad[2]:
-                ggain = (u * xh).sum(dim=(0, 1, 2, 4))
-            gx = u.mul_(g[:, None, :])
-        else:
-            gx = u
-        if ctx.norm:  # RMS norm: gx = r * (gxh - xh * mean(gxh * xh))
-            dot = torch.linalg.vecdot(gx, xh, dim=-1).unsqueeze(-1)
-            gx = torch.addcmul(gx, xh, dot.div_(-d)).mul_(r)
-        gx = gx.view(-1, 2 * inner)
-        gv = (torch.zeros_like(gx[:, :inner]) if gv is None else gv.to(gx.dtype)).reshape(-1, inner)
+                ggain = (gy * xh).sum(dim=(0, 1, 2, 4)).to(ctx.gain_dtype)  # (2, d)
+            gy.mul_(g)
+        if r is not None:  # RMS norm: gx = r * (gxh - xh * mean(gxh * xh))
+            dot = torch.linalg.vecdot(gy, xh, dim=-1).unsqueeze(-1)
+            gy.addcmul_(xh, dot.div_(-d)).mul_(r)
+        gx = gy.view(-1, 2 * inner)
+        gv = torch.zeros_like(gx[:, :inner]) if gv is None else gv.to(dtype).reshape(-1, inner)
         # under autocast h and w are float32 and the gradients bfloat16: compute in the latter
-        wd, hd = w.to(gx.dtype), h.to(gx.dtype)
+        wd, hd = w.to(dtype), h.to(dtype)
         gh = gw = None
         if ctx.needs_input_grad[0]:
             gh = torch.mm(gx, wd[: 2 * inner])
@@ -152,9 +126,23 @@ class _SelfQKV(torch.autograd.Function):
             torch.mm(gx.t(), hd, out=gw[: 2 * inner])
             torch.mm(gv.t(), hd, out=gw[2 * inner :])
             gw = gw.to(w.dtype)
-        if ggain is not None:
-            ggain = ggain.to(ctx.gain_dtype)
-        return gh, gw, ggain, None, None, None, None, None, None, None, None
+        return gh, gw, ggain, None, None, None, None, None, None, None
+
+
+def _qkv_plain(attn: "Attention", h: torch.Tensor, layout: tuple[int, int, int], grid) -> tuple:
+    """The same as `_SelfQKV` with autograd ops (odd head widths, which have an unpaired
+    channel and no complex view)."""
+    a, p, m = layout
+    heads, d = attn.heads, attn.dim_head
+    q, k, v = F.linear(h, attn.to_qkv.weight).view(a, p, m, 3, heads, d).unbind(3)
+    if attn.q_norm is not None:
+        q = F.rms_norm(q, (d,), attn.q_norm.weight, attn.q_norm.eps)
+        k = F.rms_norm(k, (d,), attn.k_norm.weight, attn.k_norm.eps)
+    if attn.rotary is not None and grid is not None:
+        cos, sin = attn.rotary.tables(tuple(grid), h.device, q.dtype)  # (p, rot)
+        cos, sin = cos.view(1, p, 1, 1, -1), sin.view(1, p, 1, 1, -1)
+        q, k = attn.rotary._rotate(q, cos, sin), attn.rotary._rotate(k, cos, sin)
+    return q, k, v.reshape(-1, heads, d)
 
 
 def _add_projection(
@@ -228,44 +216,28 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         if zero_init_out:
             nn.init.zeros_(self.to_out.weight)
-        self._perm: dict[torch.device, torch.Tensor] = {}
 
     # --- self-attention on a planned layout ---------------------------------------------------
-
-    def _row_perm(self, device: torch.device) -> torch.Tensor:
-        """Row order of `to_qkv.weight` that puts each q and k head in half-split order."""
-        idx = self._perm.get(device)
-        if idx is None:
-            inner, d = self.heads * self.dim_head, self.dim_head
-            with torch.inference_mode(False):  # a normal tensor, usable later under autograd
-                head = torch.tensor(self.rotary.half_split_perm())
-                qk = torch.cat([head + i * d for i in range(2 * self.heads)])
-                idx = self._perm[device] = torch.cat([qk, torch.arange(2 * inner, 3 * inner)]).to(device)
-        return idx
 
     def _qkv(self, h: torch.Tensor, layout: tuple[int, int, int], grid: tuple[int, ...] | None):
         """q/k/v projection, qk norm and rotary for `h (T, dim)` normed tokens, T = a*p*m with
         the rotary position on the middle factor p (`layout = (a, p, m)`). Returns q, k
-        `(a, p, m, heads, d)` and v `(T, heads, d)`, views."""
+        `(a, p, m, heads, d)` and v `(T, heads, d)`."""
         a, p, m = layout
-        d = self.dim_head
-        rotate = self.rotary is not None and grid is not None
-        w = self.to_qkv.weight
+        if self.dim_head % 2:
+            return _qkv_plain(self, h, layout, grid)
+        phasor = None
+        if self.rotary is not None and grid is not None:
+            cdtype = torch.complex128 if h.dtype == torch.float64 else torch.complex64
+            phasor = self.rotary.phasor(tuple(grid), h.device, cdtype)
+            if phasor.shape[0] != p:
+                raise ValueError(f"rotary grid {tuple(grid)} has {phasor.shape[0]} positions, the tokens {p}")
         gain = None
         if self.q_norm is not None:
             gain = torch.stack([self.q_norm.weight, self.k_norm.weight])
-        if rotate:
-            perm = self._row_perm(w.device)
-            w = w.index_select(0, perm)
-            if gain is not None:
-                gain = gain.index_select(1, perm[:d])
-            cos, sin = self.rotary.angles(tuple(grid), h.device, torch.promote_types(h.dtype, torch.float32))
-            if cos.shape[0] != p:
-                raise ValueError(f"rotary grid {tuple(grid)} has {cos.shape[0]} positions, the tokens {p}")
-        else:
-            cos = sin = h.new_empty(p, 0)
         eps = self.q_norm.eps if self.q_norm is not None else 0.0
-        return _SelfQKV.apply(h, w.to(h.dtype), gain, cos, sin, a, p, m, self.heads, eps, self.q_norm is not None)
+        w = self.to_qkv.weight.to(h.dtype)
+        return _SelfQKV.apply(h, w, gain, phasor, a, p, m, self.heads, eps, self.q_norm is not None)
 
     def residual_space(self, tokens: torch.Tensor, batch: int, grid: tuple[int, ...] | None) -> torch.Tensor:
         """`tokens + attention(tokens)` for `tokens (batch * n, dim)`, sequences of n

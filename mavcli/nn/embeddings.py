@@ -56,11 +56,8 @@ class Rotary(nn.Module):
     the row and the next d/2 with the column; channels that do not fit a rotation pair are left
     as they are.
 
-    The attention layers use the equivalent "half-split" form instead (`half_split_perm`,
-    `angles`): with each head's channels reordered as (pair firsts, pair seconds, rest), a
-    rotation is `(x1 cos - x2 sin, x2 cos + x1 sin)` on two contiguous halves, with no
-    interleaving copies. Reordering the query and key channels the same way leaves every
-    attention logit unchanged, so the layer computes the same function.
+    The attention layers rotate with `phasor` instead: each pair (2j, 2j+1) viewed as one complex
+    number times e^(i angle), a single vectorised pass with no interleaving copies.
     """
 
     def __init__(self, dim_head: int, ndim: int, theta: float = 10000.0) -> None:
@@ -106,20 +103,18 @@ class Rotary(nn.Module):
             return ang.cos().to(dtype), ang.sin().to(dtype)
         return self._cached(("interleaved", tuple(grid), device, dtype), build)
 
-    def angles(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of each pair's angle, `(n, rot_dim / 2)`, for the half-split form; cached."""
+    def phasor(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
+        """e^(i angle) for each channel pair (2j, 2j+1) at each grid position: `(n, dim_head // 2)`
+        complex, 1 for the pairs past `rot_dim` (not rotated). Rotating is then a complex multiply
+        of the pairs viewed as complex numbers. Cached per (grid, device, dtype)."""
         if len(grid) != self.ndim:
             raise ValueError(f"Rotary built for {self.ndim}-D grids got grid {grid}")
 
         def build():
             ang = self._pair_angles(grid, device)
-            return ang.cos().to(dtype), ang.sin().to(dtype)
-        return self._cached(("half", tuple(grid), device, dtype), build)
-
-    def half_split_perm(self) -> list[int]:
-        """Channel order of the half-split form: pair firsts, pair seconds, unrotated rest."""
-        r = self.rot_dim
-        return [*range(0, r, 2), *range(1, r, 2), *range(r, self.dim_head)]
+            ang = torch.cat([ang, ang.new_zeros(ang.shape[0], self.dim_head // 2 - ang.shape[1])], dim=1)
+            return torch.polar(torch.ones_like(ang), ang).to(dtype), None
+        return self._cached(("phasor", tuple(grid), device, dtype), build)[0]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(grid) != self.ndim:

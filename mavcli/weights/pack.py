@@ -38,6 +38,7 @@ class PackSettings:
     fps: float = 4.0  # keyframe rate; the video plays at fps * frame_skip
     frame_skip: int = 4  # F_i fills (frame_skip - 1) frames between keyframes
     interp_window: int = 3  # keyframes per F_i window (as trained)
+    interp_start: float = 1.0  # < 1: F_i starts from the linear blend noised to this time (SDEdit)
     sr_video_size: int = 64  # SR_l^t output
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"
