@@ -173,6 +173,12 @@ def test_inference_kernel_cache_follows_weight_updates():
     opt.step()
     check()
 
+    with torch.inference_mode():  # weights made in inference mode have no version counter
+        made = _perturbed_conv(32)
+        with winograd.fast_paths(False):
+            ref = made(x)
+        assert rel_err(made(x), ref) < 5e-5
+
 
 def test_winograd_taken_and_fallbacks(monkeypatch):
     calls = []
@@ -325,7 +331,8 @@ def test_spatiotemporal_attention_matches_reference(cfg, dtype, tol):
                 context=torch.randn(b, 4, cfg["context_dim"], dtype=dtype),
                 context_mask=torch.tensor([[True, False, True, True]] * b),
             )
-        for x_shape, attend in (((b, cfg["dim"], f, h, w), True), ((b, cfg["dim"], f, h, w), False), ((b, cfg["dim"], h, w), True)):
+        video, image = (b, cfg["dim"], f, h, w), (b, cfg["dim"], h, w)
+        for x_shape, attend in ((video, True), (video, False), (image, True)):
             x = torch.randn(x_shape, dtype=dtype, requires_grad=True)
             out, ref = m(x, attend, **kw), ref_block(m, x, attend, **kw)
             assert out.shape == ref.shape
@@ -334,6 +341,18 @@ def test_spatiotemporal_attention_matches_reference(cfg, dtype, tol):
                 if r is None or r.abs().max() < 1e-12:  # a part this input does not use
                     continue
                 assert a is not None and rel_err(a, r) < tol, (x_shape, attend, p.shape)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inference_mode_matches_reference(causal):
+    """Without autograd the temporal attention takes the two-matmul path for short sequences."""
+    torch.manual_seed(0)
+    m = _randomised(SpatioTemporalAttention(16, dim_head=8, heads=2, causal_time_attn=causal)).double()
+    for shape in ((2, 16, 5, 3, 4), (1, 16, 1, 2, 2), (1, 16, 20, 2, 3)):  # 20 frames: the fused kernel
+        x = torch.randn(shape, dtype=torch.float64)
+        with torch.inference_mode():
+            out = m(x)
+        assert rel_err(out, ref_block(m, x)) < 1e-10
 
 
 def test_forward_frames_matches_forward():

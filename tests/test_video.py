@@ -199,8 +199,8 @@ def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="other than frames"):
         write_video(folder, b[:2], fps=5, overwrite=True)
     # a sidecar that would be clobbered also needs --overwrite
-    (tmp_path / "m.json").write_text("{}")
-    with pytest.raises(UserInputError, match="m.json already exists"):
+    (tmp_path / "m.mp4.json").write_text("{}")
+    with pytest.raises(UserInputError, match="m.mp4.json already exists"):
         write_video(tmp_path / "m.mp4", a, fps=10, metadata={"k": 1})
     assert _leftovers(tmp_path) == []
 

@@ -101,8 +101,8 @@ def layers(
         )
         table.add_column("layer", no_wrap=True)
         table.add_column("mode", no_wrap=True)
-        table.add_column("mavcli\nms", justify="right", min_width=6)
-        table.add_column("anchor\nms", justify="right", min_width=6)
+        table.add_column("mavcli\nms", justify="right", min_width=7)
+        table.add_column("anchor\nms", justify="right", min_width=7)
         table.add_column("speed-up", justify="right", min_width=8)
         table.add_column("mavcli\nGFLOP/s", justify="right", min_width=7)
         for row in result.rows:

@@ -32,9 +32,19 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from mavcli.nn.embeddings import Rotary
+from mavcli.nn import scratch
 from mavcli.nn.ema import LearnedTemporalEMA
 from mavcli.nn.norm import RMSNorm
 from mavcli.nn.shapes import check_input
+
+
+def _as_complex(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """`t` (real, last dim even) as complex numbers of `shape`, pairs of the last dim; a view
+    when the strides allow (only `out=` targets rely on that, and they are laid out for it)."""
+    t = t.reshape(*shape, 2)
+    if t.stride(-1) != 1 or t.storage_offset() % 2 or any(s % 2 for s in t.stride()[:-1]):
+        t = t.contiguous()
+    return torch.view_as_complex(t)
 
 
 class _SelfQKV(torch.autograd.Function):
@@ -56,7 +66,7 @@ class _SelfQKV(torch.autograd.Function):
     def forward(ctx, h, w, gain, phasor, a, p, m, heads, eps, norm):
         inner = w.shape[0] // 3
         d = inner // heads
-        qkv = torch.mm(h, w.t())
+        qkv = F.linear(h, w)  # (F.linear's GEMM path measured ~6% faster than mm(h, w.t()) here)
         x = qkv[:, : 2 * inner].view(a, p, m, 2, heads, d)
         r = None
         if norm:
@@ -68,14 +78,15 @@ class _SelfQKV(torch.autograd.Function):
         else:
             xh = x.contiguous()
         g = None if gain is None else gain.to(x.dtype).view(2, 1, d)
-        y = xh if g is None else xh * g
+        y = xh.clone() if g is None else xh * g
         if phasor is not None:
-            wide = y.dtype if y.dtype in (torch.float32, torch.float64) else torch.float32  # no bf16 complex
-            z = torch.view_as_complex(y.to(wide).view(a, p, m, 2, heads, d // 2, 2))
-            e = phasor.to(z.dtype).view(1, p, 1, 1, 1, d // 2)
-            y = torch.view_as_real(z * e).view(a, p, m, 2, heads, d).to(x.dtype)
-        elif y is x:
-            y = x.contiguous()
+            if y.dtype in (torch.float32, torch.float64):  # rotate in place, pairs as complex numbers
+                z = torch.view_as_complex(y.view(a, p, m, 2, heads, d // 2, 2))
+                z.mul_(phasor.to(z.dtype).view(1, p, 1, 1, 1, d // 2))
+            else:  # no bfloat16 complex: rotate in float32
+                z = torch.view_as_complex(y.float().view(a, p, m, 2, heads, d // 2, 2))
+                z.mul_(phasor.to(z.dtype).view(1, p, 1, 1, 1, d // 2))
+                y = torch.view_as_real(z).view(a, p, m, 2, heads, d).to(x.dtype)
         ctx.save_for_backward(h, w, xh, r, g, phasor)
         ctx.shape = (a, p, m, heads, d)
         ctx.gain_dtype = None if gain is None else gain.dtype
@@ -89,25 +100,28 @@ class _SelfQKV(torch.autograd.Function):
         a, p, m, heads, d = ctx.shape
         inner = heads * d
         dtype = xh.dtype
-        gy = torch.empty_like(xh)  # (a, p, m, 2, heads, d), q's and k's gradients side by side
+        # (a, p, m, 2, heads, d): q's and k's gradients side by side, never leaves this call
+        gy = scratch.buffer("qk_grad", xh.shape, xh)
+        complex_ok = dtype in (torch.float32, torch.float64)
         for j, gj in enumerate((gq, gk)):
+            dst = gy[..., j, :, :]
             if gj is None:
-                gy[..., j, :, :].zero_()
+                dst.zero_()
             elif phasor is None:
-                gy[..., j, :, :].copy_(gj)
-        if phasor is not None:
-            # u = rotation back: conj(e) * gy, per pair as complex numbers
-            wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-            e = phasor.to(torch.complex128 if wide == torch.float64 else torch.complex64).conj()
-            e = e.view(1, p, 1, 1, d // 2)
-            for j, gj in enumerate((gq, gk)):
-                if gj is not None:
-                    gz = torch.view_as_complex(gj.to(wide).contiguous().view(a, p, m, heads, d // 2, 2))
-                    gy[..., j, :, :].copy_(torch.view_as_real(gz * e).view(a, p, m, heads, d))
+                dst.copy_(gj)
+            else:  # u = conj(e) * gy: the rotation undone, pairs as complex numbers
+                e = phasor.view(1, p, 1, 1, d // 2).conj()
+                if complex_ok:
+                    gz = _as_complex(gj, (a, p, m, heads, d // 2))
+                    torch.mul(gz, e.to(gz.dtype), out=_as_complex(dst, (a, p, m, heads, d // 2)))
+                else:
+                    gz = _as_complex(gj.float(), (a, p, m, heads, d // 2))
+                    dst.copy_(torch.view_as_real(gz * e.to(gz.dtype)).view(a, p, m, heads, d))
         ggain = None
         if g is not None:
             if ctx.needs_input_grad[2]:
-                ggain = (gy * xh).sum(dim=(0, 1, 2, 4)).to(ctx.gain_dtype)  # (2, d)
+                prod = torch.mul(gy, xh, out=scratch.buffer("qk_prod", xh.shape, xh))
+                ggain = prod.sum(dim=(0, 1, 2, 4)).to(ctx.gain_dtype)  # (2, d)
             gy.mul_(g)
         if r is not None:  # RMS norm: gx = r * (gxh - xh * mean(gxh * xh))
             dot = torch.linalg.vecdot(gy, xh, dim=-1).unsqueeze(-1)
@@ -145,6 +159,19 @@ def _qkv_plain(attn: "Attention", h: torch.Tensor, layout: tuple[int, int, int],
     return q, k, v.reshape(-1, heads, d)
 
 
+def _short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Attention over a few frames. On CPU without autograd the plain two-matmul form beats the
+    fused kernel for sequences this short (measured 4.5 vs 6.4 ms for 8 frames at the seed
+    shape; with autograd the fused kernel's backward wins, 25 vs 47 ms)."""
+    n = q.shape[-2]
+    if q.device.type != "cpu" or n > 16 or (torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    if causal:
+        scores.masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    return torch.matmul(scores.softmax(-1), v)
+
+
 def _add_projection(
     tokens: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -163,18 +190,21 @@ class _GEGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         a, gate = x.chunk(2, dim=-1)
-        g = F.gelu(gate)
-        ctx.save_for_backward(a, gate, g)
+        g = torch.ops.aten.gelu.out(gate, out=scratch.buffer("gelu", gate.shape, gate))
+        ctx.save_for_backward(x)  # gelu(gate) is recomputed in backward: one pass, no new memory
         return a * g
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        a, gate, g = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
+        a, gate = x.chunk(2, dim=-1)
         i = a.shape[-1]
         gx = gy.new_empty(*gy.shape[:-1], 2 * i)
-        torch.mul(gy, g, out=gx[..., :i])
-        torch.ops.aten.gelu_backward.grad_input(gy * a, gate, grad_input=gx[..., i:])
+        torch.ops.aten.gelu.out(gate, out=gx[..., :i])
+        gx[..., :i].mul_(gy)
+        gya = torch.mul(gy, a, out=scratch.buffer("gelu", gy.shape, gy))
+        torch.ops.aten.gelu_backward.grad_input(gya, gate, grad_input=gx[..., i:])
         return gx
 
 
@@ -260,7 +290,7 @@ class Attention(nn.Module):
         # (m, heads, frames, d) views of the time-major tensors
         q, k = (t.view(frames, m, self.heads, self.dim_head).permute(1, 2, 0, 3) for t in (q, k))
         v = v.view(frames, m, self.heads, self.dim_head).permute(1, 2, 0, 3)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (m, heads, frames, d)
+        out = _short_attention(q, k, v, self.causal)  # (m, heads, frames, d)
         out = out.permute(2, 0, 1, 3).reshape(frames * m, -1)  # a view when out follows q
         return _add_projection(tokens, out, self.to_out.weight)
 
@@ -380,7 +410,8 @@ class SpatioTemporalAttention(nn.Module):
             tokens = self._tokens(tokens, f, b, (h, w), attend_across_time, context, context_mask)
             return tokens.view(f, b, h, w, c).permute(1, 4, 0, 2, 3).contiguous()
         b, c, h, w = x.shape
-        tokens = self._tokens(x.permute(0, 2, 3, 1).reshape(b * h * w, c), None, b, (h, w), False, context, context_mask)
+        tokens = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        tokens = self._tokens(tokens, None, b, (h, w), False, context, context_mask)
         return tokens.view(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
     def forward_frames(

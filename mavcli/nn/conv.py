@@ -72,8 +72,14 @@ class Pseudo3DConv(nn.Module):
             convolve_across_time = enable_time
         if not check_input(x, self.dim, "Pseudo3DConv"):
             return self.forward_frames(x, None)  # same kernels as a video's frames
-        frames = x.shape[2]
-        y = self.forward_frames(rearrange(x, "b c f h w -> (b f) c h w"), frames, convolve_across_time)
+        b, _, frames, h, w = x.shape
+        frames_x = rearrange(x, "b c f h w -> (b f) c h w")
+        if convolve_across_time and self.temporal_conv is not None and winograd.use_winograd(x, self.spatial_conv):
+            # straight to a contiguous (b, c, f, h, w): the temporal conv's one transposing copy
+            y = winograd.conv3x3(frames_x, self.spatial_conv.weight, self.spatial_conv.bias, channels_last_out=True)
+            z = _temporal_conv_nhwc(self.temporal_conv, y, frames)  # (b, c_out, f, h*w), channels-last
+            return z.contiguous().view(b, -1, frames, h, w)
+        y = self.forward_frames(frames_x, frames, convolve_across_time)
         return rearrange(y, "(b f) c h w -> b c f h w", f=frames)
 
     def forward_frames(
@@ -112,8 +118,14 @@ def temporal_conv_channels_last(conv: nn.Conv1d, y: torch.Tensor, frames: int) -
     channels-last `(b, c, f, h*w)` it runs as a `(k, 1)` conv2d with no input copy (oneDNN's
     NHWC kernels). Returns `((b f), c_out, h, w)` contiguous."""
     n, h, w, c = y.shape
-    z = F.conv2d(
+    z = _temporal_conv_nhwc(conv, y, frames)  # (b, c_out, f, h*w), channels-last
+    return z.permute(0, 2, 1, 3).reshape(n, -1, h, w)
+
+
+def _temporal_conv_nhwc(conv: nn.Conv1d, y: torch.Tensor, frames: int) -> torch.Tensor:
+    """`((b f), h, w, c)` channels-last -> `(b, c_out, f, h*w)` in channels-last memory."""
+    n, h, w, c = y.shape
+    return F.conv2d(
         y.view(n // frames, frames, h * w, c).permute(0, 3, 1, 2),
         conv.weight.unsqueeze(-1), conv.bias, padding=(conv.padding[0], 0),
-    )  # (b, c_out, f, h*w), channels-last
-    return z.permute(0, 2, 1, 3).reshape(n, -1, h, w)
+    )

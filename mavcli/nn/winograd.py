@@ -29,7 +29,6 @@ the transforms cost more than the GEMM saves; there `F.conv2d` runs.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import weakref
 from collections.abc import Iterator
@@ -37,6 +36,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from mavcli.nn import scratch
 
 # Fewest input and output channels for which the fast path is taken: the transforms cost
 # O(channels) per pixel, the GEMM work they save O(channels^2). Measured against oneDNN's
@@ -136,48 +137,8 @@ def _two_sided(mat: torch.Tensor, x: torch.Tensor, tmp: torch.Tensor, out: torch
     return out
 
 
-class _Scratch(threading.local):
-    """Per-thread scratch buffers reused from call to call. The transforms touch a few times
-    the input's size in temporaries; allocating them fresh each call costs a page fault per
-    4 KiB (glibc returns big blocks to the OS), which measured ~20% of the layer's time."""
-
-    def __init__(self) -> None:
-        self.bufs: dict[tuple, torch.Tensor] = {}
-
-
-_scratch = _Scratch()
-# Buffers larger than this are allocated per call instead of kept (bounds what stays resident).
-SCRATCH_MAX_BYTES = 64 * 2**20
-
-
-def _buffer(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised `shape` tensor for temporary use inside one call (never returned)."""
-    numel = math.prod(shape)
-    if numel * like.element_size() > SCRATCH_MAX_BYTES:
-        return like.new_empty(shape)
-    key = (name, like.device, like.dtype)
-    buf = _scratch.bufs.get(key)
-    if buf is None or buf.numel() < numel:
-        with torch.inference_mode(False):  # usable both in and out of inference mode
-            buf = torch.empty(numel, device=like.device, dtype=like.dtype)
-        _scratch.bufs[key] = buf
-    return buf[:numel].view(shape)
-
-
-def _zero_padded(shape: tuple[int, ...], like: torch.Tensor, interior: tuple[slice, ...]) -> torch.Tensor:
-    """A scratch tensor of `shape` that is zero outside `interior`, kept per shape so the zero
-    border is written once, not every call (callers only ever write the interior)."""
-    key = ("padded", tuple(shape), like.device, like.dtype)
-    buf = _scratch.bufs.get(key)
-    if buf is None:
-        with torch.inference_mode(False):
-            buf = torch.zeros(shape, device=like.device, dtype=like.dtype)
-        if math.prod(shape) * like.element_size() <= SCRATCH_MAX_BYTES:
-            if sum(1 for k in _scratch.bufs if k[0] == "padded") >= 16:  # few shapes per model
-                for k in [k for k in _scratch.bufs if k[0] == "padded"]:
-                    del _scratch.bufs[k]
-            _scratch.bufs[key] = buf
-    return buf
+_buffer = scratch.buffer
+_zero_padded = scratch.zero_padded
 
 
 # Transformed kernels U for inference (no autograd), per weight tensor: sampling runs the same
@@ -199,7 +160,14 @@ def _transform_weight(weight: torch.Tensor, out: torch.Tensor | None = None) -> 
     return u
 
 
+def _cache_bytes() -> int:
+    return sum(u.numel() * u.element_size() for _, _, u in _weight_cache.values())
+
+
 def _cached_transform(weight: torch.Tensor) -> torch.Tensor:
+    """U for inference, made once per weight (see WEIGHT_CACHE_MAX_BYTES)."""
+    if weight.is_inference():  # no version counter to validate a cache entry with
+        return _transform_weight(weight, _buffer("u", (36, *weight.shape[:2]), weight))
     key = id(weight)
     stamp = (weight.data_ptr(), weight._version, weight.shape, weight.dtype, weight.device)
     with _weight_cache_lock:
@@ -208,12 +176,12 @@ def _cached_transform(weight: torch.Tensor) -> torch.Tensor:
             return hit[2]
     with torch.inference_mode(False), torch.no_grad():
         u = _transform_weight(weight.detach())
+    size = u.numel() * u.element_size()
     with _weight_cache_lock:
         for dead in [k for k, (ref, _, _) in _weight_cache.items() if ref() is None]:
             del _weight_cache[dead]
         _weight_cache.pop(key, None)
-        size = u.numel() * u.element_size()
-        while _weight_cache and size + sum(v[2].numel() * v[2].element_size() for v in _weight_cache.values()) > WEIGHT_CACHE_MAX_BYTES:
+        while _weight_cache and size + _cache_bytes() > WEIGHT_CACHE_MAX_BYTES:
             del _weight_cache[next(iter(_weight_cache))]  # oldest first
         if size <= WEIGHT_CACHE_MAX_BYTES:
             _weight_cache[key] = (weakref.ref(weight), stamp, u)
@@ -222,7 +190,7 @@ def _cached_transform(weight: torch.Tensor) -> torch.Tensor:
 
 def clear_scratch() -> None:
     """Free this thread's scratch buffers and the cached transformed kernels."""
-    _scratch.bufs.clear()
+    scratch.clear()
     with _weight_cache_lock:
         _weight_cache.clear()
 
@@ -249,7 +217,7 @@ class _Conv3x3(torch.autograd.Function):
         saved = (lambda name, shape: x.new_empty(shape)) if keep else (lambda name, shape: _buffer(name, shape, x))
         # zero-padded channels-last input (n, 4 th + 2, 4 tw + 2, c)
         inside = (slice(None), slice(1, h + 1), slice(1, w + 1))
-        xp = _zero_padded((n, 4 * th + 2, 4 * tw + 2, c), x, inside)
+        xp = _zero_padded((n, 4 * th + 2, 4 * tw + 2, c), x)
         xp[inside].copy_(x.permute(0, 2, 3, 1))
         # the 6x6 tiles (stride 4) gathered as (6, 6, n, th, tw, c), then V = B^T d B
         s = xp.stride()
@@ -259,7 +227,8 @@ class _Conv3x3(torch.autograd.Function):
         # U (36, k, c) from the kernel, then 36 GEMMs (p, c) @ (c, k)
         u = _transform_weight(weight) if keep else _cached_transform(weight)
         m = torch.bmm(v, u.transpose(1, 2), out=_buffer("m", (36, p, k), x))
-        y = _two_sided(mats["AT"], m.view(6, 6, p * k), _buffer("tmp", (24 * p * k,), x), _buffer("y", (4, 4, p * k), x))
+        y = _two_sided(mats["AT"], m.view(6, 6, p * k), _buffer("tmp", (24 * p * k,), x),
+                       _buffer("y", (4, 4, p * k), x))
         y = y.view(4, 4, n, th, tw, k)
         if keep:
             ctx.save_for_backward(v, u)
@@ -302,7 +271,8 @@ class _Conv3x3(torch.autograd.Function):
             dw = torch.mm(du.view(36, k * c).t(), mats["GG"]).view(k, c, 3, 3)
         if ctx.needs_input_grad[0]:
             dv = torch.bmm(dm, u, out=_buffer("dv", (36, p, c), grad))
-            dt = _two_sided(mats["B"], dv.view(6, 6, p * c), _buffer("tmp", (36 * p * c,), grad), _buffer("tiles", (6, 6, p * c), grad))
+            dt = _two_sided(mats["B"], dv.view(6, 6, p * c), _buffer("tmp", (36 * p * c,), grad),
+                            _buffer("tiles", (6, 6, p * c), grad))
             # overlap-add of the 6x6 tiles (stride 4) into (n, th + 1, 4, tw + 1, 4, c)
             d = dt.view(6, 6, n, th, tw, c).permute(2, 3, 0, 4, 1, 5)  # (n, th, 6, tw, 6, c)
             acc = _buffer("acc", (n, th + 1, 4, tw + 1, 4, c), grad)
