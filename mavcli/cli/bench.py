@@ -9,6 +9,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Optional
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 from rich import box
 from rich.table import Table
@@ -122,6 +125,36 @@ def layers(
         )
         if result.anchor_error is not None:
             console.result(f"anchor not installed: {ANCHOR_INSTALL}")
+
+
+@bench_app.command("cascade")
+def cascade(
+    pack: Optional[str] = typer.Option(None, help="Pack to time (default: the bundled pack)."),
+    prompt: str = typer.Option("a red circle moving left on a black background", help="The prompt to generate."),
+    device: str = typer.Option("cpu", help="cpu, cuda or mps."),
+    steps: Optional[int] = typer.Option(None, help="Sampler steps for every stage (default: the pack's)."),
+    repeats: int = typer.Option(1, help="Runs after the warm-up; the fastest is reported."),
+) -> None:
+    """Seconds per stage and peak memory of one generation (issue 4)."""
+    from rich.table import Table
+
+    with console.user_errors():
+        from mavcli.bench.cascade import run_cascade_bench
+        from mavcli.weights.resolve import resolve_pack
+
+        path = pack if pack and Path(pack).is_dir() else str(resolve_pack(pack))
+        r = run_cascade_bench(path, prompt=prompt, device=device, steps=steps, repeats=max(1, repeats))
+        table = Table(title=f"mav bench cascade: {r.frames} frames {r.size[1]}x{r.size[0]} on {r.device}")
+        table.add_column("stage")
+        table.add_column("seconds", justify="right")
+        for stage, sec in r.stages.items():
+            table.add_row(stage, f"{sec:.2f}")
+        table.add_row("total (in process)", f"{r.total_s:.2f}")
+        table.add_row("pack load", f"{r.load_s:.2f}")
+        if r.peak_mib is not None:
+            table.add_row("peak memory (MiB)", f"{r.peak_mib:.0f}")
+            table.add_row("memory before the run (MiB)", f"{r.baseline_mib:.0f}")
+        console.out.print(table)
 
 
 def register(app: typer.Typer) -> None:
