@@ -6,17 +6,9 @@ import torch
 from mavcli.errors import PackError
 from mavcli.models.unet import SpaceTimeUnet, UnetConfig, inflate_unet
 from mavcli.weights.safetensors_io import load_network, save_network
+from conftest import randomise
 
 TINY = dict(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
-
-
-def randomise(module, std=0.05, seed=0):
-    """Move every weight off its initial value (zero-initialised outputs included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 def test_video_and_image_shapes_any_frames():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from mavcli.errors import PackError
+from mavcli.weights.safetensors_io import save_file_atomic
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -44,13 +44,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema: tor
         tensors.update(opt_tensors)
     metadata = {"format": "mavcli-checkpoint", "step": str(step), "meta": json.dumps(meta),
                 "optim_scalars": json.dumps(scalars)}
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_file_atomic(tensors, path, metadata)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict, dict[str, torch.Tensor], dict]:

@@ -33,6 +33,12 @@ def save_network(path: str | os.PathLike, module: torch.nn.Module, *, dtype: tor
         tensors[k] = v.contiguous().cpu()
     metadata = {"format": FORMAT, "class": type(module).__name__, "config": config_to_json(module.config)}
     metadata.update(extra_metadata or {})
+    return save_file_atomic(tensors, path, metadata)
+
+
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """safetensors `save_file` to a temporary name, then a rename: never a half-written file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
