@@ -295,7 +295,6 @@ class MakeAVideoPipeline:
         step_noise = None
         if sampler == "ddpm":  # ancestral noise is shared across frames too
             step_noise = {"noise_fn": lambda like: self._noise((1, *like.shape[1:]), gen).expand_as(like)}
-        self.last_sr_image_noise = shared
         chunks = _chunks(frames.shape[0], self.settings.chunk_frames)
         out = []
         runner = self._sr_runner(net)

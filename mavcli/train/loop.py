@@ -128,7 +128,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         task.encoders.to(device)
     init = None
     if cfg.stage == "keyframes" and cfg.init_from and not resume:
-        init = task.build_model()  # placeholder replaced below
         from mavcli.train.checkpoint import read_checkpoint
         from mavcli.weights.safetensors_io import load_state_strict
 
