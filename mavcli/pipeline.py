@@ -28,6 +28,7 @@ from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.blocks import resize_frames
 from mavcli.models.tiling import tiled
+from mavcli.video import stream_segments
 from mavcli.weights.pack import Pack, load_pack
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -333,50 +334,22 @@ class MakeAVideoPipeline:
         before a cut is filled with copies of its two neighbours, half each.
         `callback(stage, done, total)` reports input frames consumed as stage "frames".
         """
-        if factor < 1:
-            raise UserInputError(f"the interpolation factor must be >= 1, got {factor}")
-        cut_set = set(int(c) for c in cuts)
         m = self.pack["interpolation"].config.size_multiple
-        segment: list[np.ndarray] = []
-        index = 0
-        emitted_first = False
+        calls = 0
 
-        def run(seg: list[np.ndarray]) -> np.ndarray:
+        def run(seg: np.ndarray) -> np.ndarray:
             """Interpolate one run of frames of one shot: (k, h, w, 3) -> ((k-1)*factor+1, ...)."""
-            arr = np.stack(seg)
-            h, w = arr.shape[1:3]
+            nonlocal calls
+            h, w = seg.shape[1:3]
             ph, pw = (-h) % m, (-w) % m
             if ph or pw:
-                arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-            video = frames_to_tensor(arr, self.device)
-            out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed + index, **opts)
+                seg = np.pad(seg, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+            video = frames_to_tensor(seg, self.device)
+            out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed + calls, **opts)
+            calls += 1
             return tensor_to_frames(out)[:, :h, :w]
 
-        for frame in frames:
-            if frame.ndim != 3 or frame.shape[-1] != 3:
-                raise UserInputError(f"frames must be (height, width, 3) RGB; got shape {frame.shape}")
-            if index in cut_set and segment:
-                # finish the shot, then bridge the cut with copies (never a blend)
-                out = run(segment) if len(segment) > 1 else np.stack(segment)
-                yield from (out[1:] if emitted_first else out)
-                emitted_first = True
-                last = segment[-1]
-                for j in range(factor - 1):
-                    yield last if j < (factor - 1) // 2 else frame
-                segment = []
-                emitted_first = False  # the new shot's first frame is not shared with the last chunk
-            segment.append(frame)
-            index += 1
-            if len(segment) == chunk:
-                out = run(segment)
-                yield from (out[1:] if emitted_first else out)
-                emitted_first = True
-                segment = [segment[-1]]  # the chunk's last frame starts the next chunk
-            if callback is not None:
-                callback("frames", index, index)
-        if segment and (len(segment) > 1 or not emitted_first):
-            out = run(segment) if len(segment) > 1 else np.stack(segment)
-            yield from (out[1:] if emitted_first else out)
+        yield from stream_segments(frames, factor, run, cuts=cuts, chunk=chunk, callback=callback)
 
     def upsample(self, frames: np.ndarray, *, seed: int = 0, callback: ProgressCallback | None = None) -> VideoOutput:
         """SR_l^t then SR_h on uint8 frames `(f, h, w, 3)`."""

@@ -1031,3 +1031,58 @@ def detect_scene_cuts(
             continue
         cuts.append(i)
     return cuts
+
+
+def stream_segments(
+    frames: Iterable[np.ndarray],
+    factor: int,
+    run: Any,
+    *,
+    cuts: Iterable[int] = (),
+    chunk: int = 9,
+    callback: Any = None,
+) -> Iterator[np.ndarray]:
+    """Frame interpolation of a long video with bounded memory, whatever the interpolator.
+
+    uint8 frames ``(h, w, 3)`` in; ``factor`` times as many out (the last input frame has no
+    successor, so f inputs give ``(f-1)*factor+1`` outputs). At most ``chunk`` input frames are
+    held at a time and handed to ``run(segment) -> frames``, which maps ``(k, h, w, 3)`` to
+    ``((k-1)*factor+1, h, w, 3)`` and keeps the given frames. Scene ``cuts`` (indices of the first
+    frame of a new shot) are never blended across: the gap before a cut is filled with copies of
+    its two neighbours, half each. ``callback("frames", done, done)`` reports input frames read.
+    """
+    if factor < 1:
+        raise UserInputError(f"the interpolation factor must be >= 1, got {factor}")
+    if chunk < 2:
+        raise UserInputError(f"chunk must be >= 2 frames, got {chunk}")
+    cut_set = {int(c) for c in cuts}
+    segment: list[np.ndarray] = []
+    index = 0
+    emitted_first = False
+
+    def finish(seg: list[np.ndarray]) -> np.ndarray:
+        return run(np.stack(seg)) if len(seg) > 1 else np.stack(seg)
+
+    for frame in frames:
+        if frame.ndim != 3 or frame.shape[-1] != 3:
+            raise UserInputError(f"frames must be (height, width, 3) RGB; got shape {frame.shape}")
+        if index in cut_set and segment:
+            out = finish(segment)
+            yield from (out[1:] if emitted_first else out)
+            last = segment[-1]
+            for j in range(factor - 1):  # bridge the cut with copies, never a blend
+                yield last if j < (factor - 1) // 2 else frame
+            segment = []
+            emitted_first = False  # the new shot's first frame is not shared with the last chunk
+        segment.append(frame)
+        index += 1
+        if len(segment) == chunk:
+            out = finish(segment)
+            yield from (out[1:] if emitted_first else out)
+            emitted_first = True
+            segment = [segment[-1]]  # the chunk's last frame starts the next chunk
+        if callback is not None:
+            callback("frames", index, index)
+    if segment and (len(segment) > 1 or not emitted_first):
+        out = finish(segment)
+        yield from (out[1:] if emitted_first else out)

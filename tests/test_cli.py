@@ -137,7 +137,7 @@ def test_interpolate_real_clip_doubles_frames_and_keeps_audio(tiny_pack_dir, rea
     src = read_video(real_clip)
     assert src.has_audio
     out = tmp_path / "bbb-x2.mp4"
-    r = run("interpolate", str(real_clip), "--pack", str(tiny_pack_dir), "--out", str(out))
+    r = run("interpolate", str(real_clip), "--method", "diffusion", "--pack", str(tiny_pack_dir), "--out", str(out))
     assert r.exit_code == 0, r.output
     got = read_video(out)
     n = src.frames.shape[0]
@@ -146,7 +146,7 @@ def test_interpolate_real_clip_doubles_frames_and_keeps_audio(tiny_pack_dir, rea
     assert got.has_audio and probe_video(out).audio_codec == probe_video(real_clip).audio_codec
     # the original frames are kept (up to the mp4 codec)
     assert np.abs(got.frames[::2].astype(int) - src.frames.astype(int)).mean() < 4
-    r = run("interpolate", str(real_clip), "--pack", str(tiny_pack_dir), "--out", str(out))
+    r = run("interpolate", str(real_clip), "--method", "diffusion", "--pack", str(tiny_pack_dir), "--out", str(out))
     assert r.exit_code == 2 and "--overwrite" in r.stderr
 
 
@@ -156,7 +156,7 @@ def test_interpolate_never_blends_across_a_cut(tiny_pack_dir, tmp_path):
     a = np.zeros((4, 16, 16, 3), np.uint8)
     b = np.full((4, 16, 16, 3), 255, np.uint8)
     src = write_video(tmp_path / "cut.mp4", np.concatenate([a, b]), 10)
-    r = run("interpolate", str(src), "--pack", str(tiny_pack_dir), "--factor", "4", "--out", str(tmp_path / "o.mp4"))
+    r = run("interpolate", str(src), "--method", "diffusion", "--pack", str(tiny_pack_dir), "--factor", "4", "--out", str(tmp_path / "o.mp4"))
     assert r.exit_code == 0, r.output
     frames = read_video(tmp_path / "o.mp4").frames.astype(int).mean(axis=(1, 2, 3))
     assert len(frames) == 29
@@ -170,7 +170,7 @@ def test_interpolate_never_blends_across_a_cut(tiny_pack_dir, tmp_path):
 ])
 def test_interpolate_bad_input(tiny_pack_dir, tmp_path, make, message):
     path = make(tmp_path)
-    r = run("interpolate", str(path), "--pack", str(tiny_pack_dir), "--out", str(tmp_path / "o.mp4"))
+    r = run("interpolate", str(path), "--method", "diffusion", "--pack", str(tiny_pack_dir), "--out", str(tmp_path / "o.mp4"))
     assert r.exit_code == 2, r.output
     assert message in r.stderr.lower()
     assert not (tmp_path / "o.mp4").exists()
@@ -180,9 +180,9 @@ def test_interpolate_one_frame_and_bad_factor(tiny_pack_dir, tmp_path):
     from mavcli.video import write_video
 
     one = write_video(tmp_path / "one.mp4", np.zeros((1, 16, 16, 3), np.uint8), 10)
-    r = run("interpolate", str(one), "--pack", str(tiny_pack_dir))
+    r = run("interpolate", str(one), "--method", "diffusion", "--pack", str(tiny_pack_dir))
     assert r.exit_code == 2 and "at least 2" in r.stderr
-    r = run("interpolate", str(one), "--factor", "3", "--pack", str(tiny_pack_dir))
+    r = run("interpolate", str(one), "--factor", "3", "--method", "diffusion", "--pack", str(tiny_pack_dir))
     assert r.exit_code == 2 and "--factor" in r.stderr
 
 

@@ -30,7 +30,9 @@ def test_one_step_lowers_the_loss_of_every_stage(stage):
     torch.manual_seed(0)
     task = Task(stage, "tiny", 0, 0.1, TOKENIZER, tiny_encoders())
     model = task.build_model()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # the flow interpolator starts exactly at the DIS baseline, already a close fit: Adam's
+    # first steps (each ~lr per weight) overshoot at the learning rate that suits the rest
+    opt = torch.optim.Adam(model.parameters(), lr=3e-5 if stage == "flow_interpolation" else 3e-3)
     indices = list(range(8))
     before = task.loss(model, indices, 0, torch.device("cpu"))
     for _ in range(3):

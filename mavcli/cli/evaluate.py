@@ -1,4 +1,5 @@
-"""`mav eval shapes`: does the pack make what the prompt says? Judged from pixels alone."""
+"""`mav eval shapes`: does the pack make what the prompt says? Judged from pixels alone.
+`mav eval interpolate`: how well are dropped frames of real clips rebuilt, against classical baselines."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mavcli.errors import UserInputError
 
 
 def register(app: typer.Typer) -> None:
-    eval_app = typer.Typer(help="Measure quality: shapes prompts judged from pixels.", no_args_is_help=True)
+    eval_app = typer.Typer(help="Measure quality: shapes prompts judged from pixels, frame interpolation of real clips.", no_args_is_help=True)
 
     @eval_app.command("shapes")
     def shapes(
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
         steps: Optional[int] = typer.Option(None, help="Sampler steps for every stage (default: the pack's)."),
         out: Path = typer.Option(Path("eval-shapes.json"), "--out", "-o", help="Where to write the JSON report."),
         save_videos: Optional[Path] = typer.Option(None, "--save-videos", help="Also write every video into this folder."),
+        stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Judge an early stage's frames instead: keyframes, interpolation or sr_video (tells which stage loses a fact)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
@@ -43,6 +45,8 @@ def register(app: typer.Typer) -> None:
             for b in backgrounds:
                 if b not in BACKGROUNDS:
                     raise UserInputError(f"--background {b!r}: choose from {', '.join(BACKGROUNDS)}")
+            if stop_after is not None and stop_after not in ("keyframes", "interpolation", "sr_video"):
+                raise UserInputError(f"--stop-after {stop_after!r}: choose keyframes, interpolation or sr_video")
             if prompts_file is not None:
                 try:
                     prompts = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
@@ -69,8 +73,10 @@ def register(app: typer.Typer) -> None:
                     mark = "ok" if row["all_correct"] else "miss"
                     progress.update(task, completed=i, last=f"{mark}: {row['prompt']}")
 
-                report = run_shapes_eval(pipe, prompts, seed=seed, steps=steps, on_video=on_video, save_dir=save_videos)
-            table = Table(title=f"mav eval shapes: {report.prompts} prompts, {report.seconds_per_video:.1f} s per video")
+                report = run_shapes_eval(pipe, prompts, seed=seed, steps=steps, on_video=on_video, save_dir=save_videos,
+                                         stop_after=stop_after)
+            stage = f", after {stop_after}" if stop_after else ""
+            table = Table(title=f"mav eval shapes: {report.prompts} prompts{stage}, {report.seconds_per_video:.1f} s per video")
             table.add_column("attribute")
             table.add_column("correct", justify="right")
             from mavcli.eval.shapes_metrics import ATTRIBUTES
@@ -84,4 +90,103 @@ def register(app: typer.Typer) -> None:
             console.out.print(table)
             console.result(str(write_report(report, out)))
 
+    @eval_app.command("interpolate")
+    def interpolate(
+        videos: list[Path] = typer.Argument(..., help="Clips to evaluate on (anything ffmpeg decodes, or folders of frames).", show_default=False),
+        height: int = typer.Option(256, help="Resize every clip to this height first (aspect kept); 0 keeps the clip's size."),
+        tasks: list[str] = typer.Option([], "--task", help="x2: rebuild every odd frame; x4: keep every 4th frame, rebuild the 3 between (default: both)."),
+        methods: list[str] = typer.Option([], "--method", help=f"{', '.join(INTERP_METHODS)} (default: all)."),
+        start: float = typer.Option(0.0, help="Evaluate only from this fraction of each clip on (0.7: the last 30%)."),
+        pack: Optional[str] = typer.Option(None, help="Pack of the mavcli method (default: the realinterp pack)."),
+        device: str = typer.Option("auto", help="Device of the mavcli method: auto, cpu, cuda or mps."),
+        out: Path = typer.Option(Path("eval-interpolate.json"), "--out", "-o", help="Where to write the JSON report."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ) -> None:
+        """Drop frames of real clips, rebuild them with each method, and score PSNR / SSIM / time."""
+        console.set_quiet(quiet)
+        with console.user_errors():
+            from mavcli.eval.interp_eval import TASKS, baseline_methods, evaluate_clip, load_clip, task_windows, write_report
+            from mavcli.video import probe_video
+
+            tasks = list(dict.fromkeys(tasks or TASKS))
+            names = list(dict.fromkeys(methods or INTERP_METHODS))
+            for t in tasks:
+                if t not in TASKS:
+                    raise UserInputError(f"--task {t!r}: choose from {', '.join(TASKS)}")
+            for m in names:
+                if m not in INTERP_METHODS:
+                    raise UserInputError(f"--method {m!r}: choose from {', '.join(INTERP_METHODS)}")
+            if height < 0 or 0 < height < 16:
+                raise UserInputError(f"--height {height}: use 16 or more, or 0 to keep each clip's size")
+            if not 0.0 <= start < 1.0:
+                raise UserInputError(f"--start {start:g}: give a fraction in [0, 1), e.g. 0.7 to evaluate the last 30% of each clip")
+            parent = out.parent if str(out.parent) else Path(".")
+            if not parent.is_dir():
+                raise UserInputError(f"the output folder {parent} does not exist")
+            if pack is not None and "mavcli" not in names:
+                console.warn("--pack is only used by --method mavcli")
+            for v in videos:
+                probe_video(v)  # a bad path fails now, before any clip is decoded
+            clips = []
+            for v in videos:
+                console.info(f"reading {v}")
+                clip = load_clip(v, height or None)
+                for t in tasks:
+                    task_windows(clip.frames.shape[0], t, start, name=str(v))  # too short: fails before any work
+                clips.append(clip)
+
+            interpolators = baseline_methods([m for m in names if m != "mavcli"])
+            if "mavcli" in names:
+                from mavcli.cli.loading import open_flow_interpolator
+
+                interpolators["mavcli"] = open_flow_interpolator(pack, device)
+            interpolators = {m: interpolators[m] for m in names}  # the order asked
+
+            total = sum(len(task_windows(c.frames.shape[0], t, start)) for c in clips for t in tasks) * len(names)
+            progress = Progress(TextColumn("[bold]eval interpolate"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+                                TextColumn("{task.fields[now]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
+            reports = []
+            with progress:
+                bar = progress.add_task("eval", total=total, now="")
+                for clip in clips:
+                    seen = {}  # (task, method) -> windows done so far: the bar advances by the difference
+
+                    def on_progress(task, method, done, _total, clip=clip, seen=seen):
+                        progress.update(bar, advance=done - seen.get((task, method), 0), now=f"{clip.name} {task} {method}")
+                        seen[(task, method)] = done
+
+                    reports.append(evaluate_clip(clip, tasks, interpolators, start=start, on_progress=on_progress))
+            console.out.print(_interp_table(reports, names))
+            for r in reports:
+                name = Path(r.path).name
+                if r.cuts:
+                    left = ", ".join(f"{x.windows_left_out} of {x.windows} {x.task}" for x in r.results if x.method == names[0])
+                    console.info(f"{name}: scene cuts at frames {', '.join(map(str, r.cuts))}; windows spanning one left out of the scores: {left}")
+            settings = {"height": height or None, "start": start, "tasks": tasks, "methods": names, "pack": pack}
+            console.result(str(write_report(reports, out, settings)))
+
     app.add_typer(eval_app, name="eval")
+
+
+INTERP_METHODS = ("blend", "ffmpeg", "dis", "mavcli")
+
+
+def _interp_table(reports, methods: list[str]) -> Table:
+    """Rows clip / size / task, a column per method: "PSNR / SSIM, ms per rebuilt frame"."""
+    table = Table(title="mav eval interpolate: PSNR dB / SSIM over rebuilt frames, ms per rebuilt frame")
+    for name in ("clip", "size", "task"):
+        table.add_column(name)
+    for m in methods:
+        table.add_column(m, justify="right")
+    for r in reports:
+        for task in dict.fromkeys(x.task for x in r.results):
+            by_method = {x.method: x for x in r.results if x.task == task}
+            table.add_row(Path(r.path).name, f"{r.width}x{r.height}", task, *(_cell(by_method[m]) for m in methods))
+    return table
+
+
+def _cell(result) -> str:
+    ms = f"{result.ms_per_frame:.0f}" if result.ms_per_frame >= 10 else f"{result.ms_per_frame:.1f}"
+    if result.psnr is None:
+        return f"n/a (every window spans a cut), {ms} ms"
+    return f"{result.psnr:.2f} / {result.ssim:.4f}".replace(" 0.", " .") + f", {ms} ms"

@@ -1,4 +1,6 @@
-"""`mav interpolate INPUT`: more frames between a real video's frames (F_i of the pack)."""
+"""`mav interpolate INPUT`: more frames between a real video's frames. Default method `flow`:
+DIS optical flow refined by the realinterp pack's network (deterministic, one evaluation per new
+frame); `diffusion`: the cascade pack's masked-frame diffusion network F_i (Make-A-Video 3.3)."""
 
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ def register(app: typer.Typer) -> None:
         target_fps: Optional[float] = typer.Option(None, "--fps", help="Target fps instead of --factor (rounded to 2, 4 or 8)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: INPUT-x2.mp4 beside the input)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-        pack: Optional[str] = typer.Option(None, help="Pack whose interpolation network to use."),
-        steps: Optional[int] = typer.Option(None, help="Sampler steps of F_i (default: the pack's)."),
-        seed: int = typer.Option(0, help="Random seed of the sampler."),
+        method: str = typer.Option("flow", help="flow (fast, deterministic; for real footage) or diffusion (F_i, sampled)."),
+        pack: Optional[str] = typer.Option(None, help="Pack to use (default: realinterp for flow, the default pack for diffusion)."),
+        steps: Optional[int] = typer.Option(None, help="diffusion: sampler steps of F_i (default: the pack's)."),
+        seed: int = typer.Option(0, help="diffusion: random seed of the sampler."),
         chunk: int = typer.Option(9, help="Input frames held in memory at a time."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -37,6 +40,10 @@ def register(app: typer.Typer) -> None:
         with console.user_errors():
             from mavcli.video import VideoWriter, detect_scene_cuts, iter_video_frames, probe_video
 
+            if method not in ("flow", "diffusion"):
+                raise UserInputError(f"--method must be flow or diffusion; got {method!r}")
+            if method == "flow" and steps is not None:
+                raise UserInputError("--steps applies to --method diffusion only (the flow method samples nothing)")
             if factor is not None and target_fps is not None:
                 raise UserInputError("give --factor or --fps, not both")
             info = probe_video(input)  # clear errors for missing / unreadable / non-video input
@@ -68,24 +75,36 @@ def register(app: typer.Typer) -> None:
             if cuts:
                 console.info(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
 
+            if method == "flow":
+                from mavcli.cli.loading import open_flow_interpolator
 
-            pipe = open_pipeline(pack, device)
-            opts = {"steps": steps} if steps else {}
+                interp = open_flow_interpolator(pack, device)
+                used = interp.path
+
+                def stream(cb):
+                    return interp.interpolate_stream(iter_video_frames(input), factor, cuts=cuts, chunk=chunk, callback=cb)
+            else:
+                pipe = open_pipeline(pack, device)
+                used = pipe.pack.path
+                opts = {"steps": steps} if steps else {}
+
+                def stream(cb):
+                    return pipe.interpolate_stream(iter_video_frames(input), factor, fps=info.fps, cuts=cuts,
+                                                   seed=seed, chunk=chunk, callback=cb, **opts)
             new_fps = info.fps * factor
             progress = Progress(TextColumn("[bold]interpolate"), BarColumn(), MofNCompleteColumn(), TextColumn("input frames"),
                                 TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
             written = 0
             with progress, VideoWriter(out, new_fps, audio_from=input if info.has_audio else None, overwrite=overwrite,
                                        metadata={"source": str(input), "factor": factor, "fps": new_fps,
-                                                 "scene_cuts": cuts, "pack": str(pipe.pack.path)}) as writer:
+                                                 "scene_cuts": cuts, "method": method, "pack": str(used)}) as writer:
                 task = progress.add_task("frames", total=count, speed="")
 
                 def cb(stage, done, _total):
                     rate = written / max(time.perf_counter() - t0, 1e-9)
                     progress.update(task, completed=done, speed=f"{rate:.1f} new frames/s")
 
-                for frame in pipe.interpolate_stream(iter_video_frames(input), factor, fps=info.fps, cuts=cuts,
-                                                     seed=seed, chunk=chunk, callback=cb, **opts):
+                for frame in stream(cb):
                     writer.append(frame[None])
                     written += 1
             console.info(f"{count} -> {written} frames, {info.fps:g} -> {new_fps:g} fps, "

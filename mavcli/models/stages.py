@@ -3,6 +3,7 @@ text and image encoders, by stage name, with the class and config each is built 
 
 from __future__ import annotations
 
+from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.models.prior import Prior, PriorConfig
 from mavcli.models.text import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from mavcli.models.unet import SpaceTimeUnet, UnetConfig
@@ -15,6 +16,8 @@ STAGES: dict[str, tuple[type, type]] = {
     "interpolation": (SpaceTimeUnet, UnetConfig),  # F_i
     "sr_video": (SpaceTimeUnet, UnetConfig),  # SR_l^t
     "sr_image": (SpaceTimeUnet, UnetConfig),  # SR_h
+    # not a stage of the paper's cascade: the real-footage interpolator, in a pack of its own
+    "flow_interpolation": (FlowInterpNet, FlowInterpConfig),
 }
 
 # what generation needs; the image encoder is only used to train the prior and decoder

@@ -11,7 +11,8 @@ from mavcli.models.presets import preset_configs
 from mavcli.models.stages import build
 from mavcli.models.text import Tokenizer
 from mavcli.train.checkpoint import read_checkpoint
-from mavcli.weights.pack import Pack, save_pack
+from mavcli.train.tasks import FLOW_INTERP_CONFIGS
+from mavcli.weights.pack import Pack, load_pack, save_pack
 from mavcli.weights.safetensors_io import load_state_strict
 
 # pack stage <- (training stage, prefix inside that stage's model)
@@ -23,32 +24,54 @@ SOURCES = {
     "interpolation": ("interpolation", ""),
     "sr_video": ("sr_video", ""),
     "sr_image": ("sr_image", ""),
+    "flow_interpolation": ("flow_interpolation", ""),
 }
+CASCADE = ("text_encoder", "image_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image")
 
 
 def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", card: str = "",
-                dtype: torch.dtype = torch.float16, overwrite: bool = False) -> Path:
+                dtype: torch.dtype = torch.float16, overwrite: bool = False, base: str | Path | None = None,
+                stages: tuple[str, ...] = CASCADE) -> Path:
+    """Write a pack from the EMA weights of each stage's last checkpoint under `runs`. With a
+    `base` pack, stages that have no checkpoint keep the base pack's network (and the pack keeps
+    the base's settings and vocabulary): train one stage further, export, compare. `stages`
+    picks the networks (default: the whole cascade; ("flow_interpolation",) for the real-footage
+    interpolator's own pack, which has no text stage and no tokenizer)."""
+    unknown = [s for s in stages if s not in SOURCES]
+    if unknown or not stages:
+        raise UserInputError(f"unknown pack stages {unknown}; choose from {', '.join(SOURCES)}")
     runs = Path(runs)
-    vocab = None
+    base_pack = load_pack(base) if base is not None else None
+    vocab = base_pack.tokenizer.vocab if base_pack is not None else None
     networks = {}
-    steps = {}
-    for stage, (source, prefix) in SOURCES.items():
+    for stage in stages:
+        source, prefix = SOURCES[stage]
         path = runs / source / "last.safetensors"
         if not path.is_file():
-            raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source})")
-        step, meta, tensors, _ = read_checkpoint(path)
-        steps[source] = step
-        if vocab is None:  # the clip stage comes first and defines the vocabulary
+            if base_pack is not None and stage in base_pack.networks:
+                networks[stage] = base_pack.networks[stage].float()
+                continue
+            hint = " (or pass --base PACK to keep that pack's network)" if base_pack is None else ""
+            raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source}){hint}")
+        _, meta, tensors, _ = read_checkpoint(path)
+        if source not in ("clip", "prior", "keyframes"):  # stages that read no text
+            pass
+        elif vocab is None:  # the clip stage comes first and defines the vocabulary
             vocab = meta["vocab"]
-        elif source in ("prior", "keyframes") and meta["vocab"] != vocab:  # the stages that read text
+        elif meta["vocab"] != vocab:
             raise UserInputError(f"{path} was trained with another vocabulary than the clip stage")
         if meta["config"]["preset"] != preset:
             raise UserInputError(f"{path} was trained with preset {meta['config']['preset']!r}, not {preset!r}")
-        tokenizer = Tokenizer(vocab)
-        configs, settings = preset_configs(preset, len(vocab))
-        net = build(stage, configs[stage])
+        if stage == "flow_interpolation":
+            net = build(stage, FLOW_INTERP_CONFIGS[preset])
+        else:
+            configs, _ = preset_configs(preset, len(vocab or ()))
+            net = build(stage, configs[stage])
         sub = {k[len("ema/") + len(prefix):]: v for k, v in tensors.items() if k.startswith("ema/" + prefix)}
         load_state_strict(net, sub, f"{path} ({stage})")
         networks[stage] = net
-    pack = Pack(None, networks, tokenizer, settings, card=card)
+    _, settings = preset_configs(preset, len(vocab or ()))
+    if base_pack is not None:
+        settings = base_pack.settings
+    pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)

@@ -11,6 +11,8 @@ Stages, in training order:
   interpolation    F_i: masked frame interpolation / extrapolation (frame skip, fps)
   sr_video         SR_l^t: low -> high resolution, all frames together
   sr_image         SR_h: low -> high resolution per frame (spatial only)
+  flow_interpolation  the real-footage interpolator (models/flowinterp.py): DIS flow refined,
+                   on real video windows and synthetic layered motion; its own pack
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from einops import rearrange
 from mavcli.diffusion import CosineSchedule, diffusion_loss
 from mavcli.errors import UserInputError
 from mavcli.models.blocks import resize_frames
+from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.models.presets import preset_configs
 from mavcli.models.prior import EMBED_SCALE, Prior
 from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss
@@ -33,7 +36,11 @@ from mavcli.models.unet import SpaceTimeUnet, inflate_unet
 
 INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates with 4)
 
-TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation", "sr_video", "sr_image")
+TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation", "sr_video", "sr_image",
+                "flow_interpolation")
+
+# the real-footage interpolator's sizes per preset (not part of a cascade pack)
+FLOW_INTERP_CONFIGS = {"tiny": FlowInterpConfig(widths=(8, 8), head_width=4), "shapes": FlowInterpConfig()}
 
 
 def sample_seed(seed: int, index: int, salt: int = 0) -> int:
@@ -110,6 +117,8 @@ class Task:
             return Prior(c["prior"])
         if self.stage == "keyframes_image":
             return SpaceTimeUnet(dataclasses.replace(c["keyframes"], temporal=False, fps_cond=False))
+        if self.stage == "flow_interpolation":
+            return FlowInterpNet(FLOW_INTERP_CONFIGS[self.preset])
         if self.stage == "keyframes":
             if init_from is not None:  # the paper's recipe: image model first, then add time
                 return inflate_unet(init_from, fps_cond=c["keyframes"].fps_cond)
@@ -248,6 +257,38 @@ class Task:
                               extra=extra, frame_skip=torch.full((b,), float(skip), device=device),
                               fps=torch.full((b,), s.fps * skip, device=device))
 
+    def _motion_data(self):
+        """The interpolator's sample mix, built once (it computes DIS flows of every window)."""
+        if getattr(self, "_motion", None) is None:
+            from mavcli.data.motion import LayeredMotion, default_motion_data, procedural_photos
+
+            if self.preset == "tiny":  # tests: synthetic motion over procedural textures only
+                self._motion = LayeredMotion(procedural_photos(3, 64, self.seed), size=32, max_shift=6.0)
+            else:
+                self._motion = default_motion_data(videos=self.videos)
+        return self._motion
+
+    def _loss_flow_interpolation(self, model, indices, step, device):
+        data = self._motion_data()
+        items = [data.sample(torch.Generator().manual_seed(sample_seed(self.seed, i, 1000))) for i in indices]
+        batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+        # random flips and time reversal, per sample: the task is symmetric under all three
+        flips = per_sample(lambda g: torch.rand(3, generator=g) < 0.5, self.seed, indices, 1001).to(device)
+        for k in ("i0", "i1", "it", "f01", "f10"):
+            x = batch[k]
+            x = torch.where(flips[:, 0, None, None, None], x.flip(-1), x)
+            batch[k] = torch.where(flips[:, 1, None, None, None], x.flip(-2), x)
+        for k in ("f01", "f10"):  # a mirrored image mirrors its flow's component too
+            f = batch[k]
+            f = torch.where(flips[:, 0, None, None, None], f * torch.tensor([-1.0, 1.0], device=device)[:, None, None], f)
+            batch[k] = torch.where(flips[:, 1, None, None, None], f * torch.tensor([1.0, -1.0], device=device)[:, None, None], f)
+        rev = flips[:, 2, None, None, None]
+        i0, i1 = torch.where(rev, batch["i1"], batch["i0"]), torch.where(rev, batch["i0"], batch["i1"])
+        f01, f10 = torch.where(rev, batch["f10"], batch["f01"]), torch.where(rev, batch["f01"], batch["f10"])
+        t = torch.where(flips[:, 2], 1 - batch["t"], batch["t"])
+        out = model(i0, i1, f01, f10, t)
+        return torch.sqrt((out - batch["it"]) ** 2 + 1e-6).mean()  # Charbonnier (a smooth L1)
+
     def _low_res(self, hi: torch.Tensor, low_size: int, indices) -> torch.Tensor:
         """The SR condition of `(b, c, [f,] h, w)`: downsample each frame to the previous
         stage's size, upsample back, and add a little noise (Imagen's conditioning
@@ -291,12 +332,23 @@ class Task:
 
 
 def load_encoders(path: str | Path, preset: str, tokenizer: Tokenizer) -> ClipPair:
-    """The text / image encoders (EMA weights) from a `clip` training checkpoint."""
-    from mavcli.train.checkpoint import read_checkpoint
+    """The text / image encoders: the EMA weights of a `clip` training checkpoint, or the
+    networks of a pack folder (whose vocabulary must be the task's)."""
     from mavcli.weights.safetensors_io import load_state_strict
 
     configs, _ = preset_configs(preset, len(tokenizer.vocab))
     pair = ClipPair(TextEncoder(configs["text_encoder"]), ImageEncoder(configs["image_encoder"]))
+    if Path(path).is_dir():
+        from mavcli.weights.pack import load_pack
+
+        pack = load_pack(path, stages=("text_encoder", "image_encoder"))
+        if pack.tokenizer.vocab != tokenizer.vocab:
+            raise UserInputError(f"the pack at {path} has another vocabulary than this training data")
+        pair.text_encoder.load_state_dict(pack["text_encoder"].float().state_dict())
+        pair.image_encoder.load_state_dict(pack["image_encoder"].float().state_dict())
+        return pair
+    from mavcli.train.checkpoint import read_checkpoint
+
     _, _, tensors, _ = read_checkpoint(path)
     load_state_strict(pair, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, str(path))
     return pair

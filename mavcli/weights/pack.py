@@ -54,7 +54,7 @@ class PackSettings:
 class Pack:
     path: Path | None
     networks: dict[str, torch.nn.Module]
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None  # None for a pack without a text stage
     settings: PackSettings
     card: str = ""
 
@@ -79,7 +79,8 @@ def save_pack(path: str | os.PathLike, pack: Pack, *, dtype: torch.dtype | None 
                 raise PackError(f"unknown stage {stage!r}; stages are {sorted(STAGES)}")
             files[stage] = f"{stage}.safetensors"
             save_network(tmp / files[stage], net, dtype=dtype)
-        (tmp / "tokenizer.json").write_text(pack.tokenizer.to_json())
+        if pack.tokenizer is not None:  # packs without a text stage need none
+            (tmp / "tokenizer.json").write_text(pack.tokenizer.to_json())
         index = {"format": PACK_FORMAT, "version": PACK_VERSION, "stages": files,
                  "settings": config_to_dict(pack.settings)}
         (tmp / "pack.json").write_text(json.dumps(index, indent=2, sort_keys=True))
@@ -125,7 +126,9 @@ def load_pack(path: str | os.PathLike, *, device: str | torch.device = "cpu", dt
     try:
         tokenizer = Tokenizer.from_json((path / "tokenizer.json").read_text())
     except FileNotFoundError:
-        raise PackError(f"{path} is missing tokenizer.json") from None
+        if "text_encoder" in index["stages"]:
+            raise PackError(f"{path} is missing tokenizer.json") from None
+        tokenizer = None
     networks = {}
     for stage, name in index["stages"].items():
         if stages is not None and stage not in stages:

@@ -1,0 +1,149 @@
+"""The real-footage interpolator: flow geometry, DIS flow, the network's identity-to-baseline
+start, the streaming interpolator, its pack, and `mav interpolate --method flow`."""
+
+import numpy as np
+import pytest
+import torch
+
+from mavcli.data.motion import LayeredMotion, procedural_photos
+from mavcli.errors import UserInputError
+from mavcli.flow import DisFlow, backward_warp, dis_blend, flows_at, linear_blend, to_tensor
+from mavcli.interpolator import FlowInterpolator
+from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
+from mavcli.train.loop import TrainConfig, train
+
+
+def texture(h, w, seed=0):
+    return procedural_photos(1, max(h, w), seed)[0][:h, :w]
+
+
+def moving(h=48, w=64, frames=5, dx=2, seed=0):
+    """A texture panned `dx` pixels per frame: `(frames, h, w, 3)` uint8."""
+    big = texture(h, w + dx * frames, seed)
+    return np.stack([big[:, k * dx:k * dx + w] for k in range(frames)])
+
+
+def test_flows_at_linear_motion():
+    v = torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4)
+    for t in (0.25, 0.5, 0.75):
+        ft0, ft1 = flows_at(v, -v, t)
+        assert torch.allclose(ft0, -t * v) and torch.allclose(ft1, (1 - t) * v)
+
+
+def test_backward_warp_integer_shift():
+    img = to_tensor(texture(20, 30))
+    flow = torch.zeros(1, 2, 20, 30)
+    flow[:, 0] = 3  # sample 3 px to the right
+    out = backward_warp(img, flow)
+    assert torch.allclose(out[..., :-3], img[..., 3:], atol=1e-6)
+    assert torch.allclose(out[..., -3:], img[..., -1:].expand(-1, -1, -1, 3), atol=1e-6)  # border clamped
+
+
+def test_dis_flow_recovers_a_pan():
+    clip = moving(64, 96, frames=2, dx=3)
+    flow = DisFlow()(clip[0], clip[1])
+    inner = flow[8:-8, 8:-16]
+    # frame 1 is frame 0 moved 3 px left: a pixel of frame 0 is found 3 px left in frame 1
+    assert abs(np.median(inner[..., 0]) + 3) < 0.25 and abs(np.median(inner[..., 1])) < 0.25
+
+
+def test_dis_blend_beats_a_cross_fade_on_motion():
+    clip = moving(48, 64, frames=3, dx=3)
+    mid_dis = dis_blend(clip[0], clip[2], [0.5])[0].astype(float)
+    mid_lin = linear_blend(clip[0], clip[2], [0.5])[0].astype(float)
+    err_dis = np.abs(mid_dis - clip[1])[4:-4, 4:-10].mean()
+    err_lin = np.abs(mid_lin - clip[1])[4:-4, 4:-10].mean()
+    assert err_dis < 0.5 * err_lin, (err_dis, err_lin)
+
+
+def test_untrained_network_is_exactly_the_dis_baseline_at_any_size():
+    torch.manual_seed(0)
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8, 8), head_width=4)).eval()
+    clip = moving(29, 37, frames=3, dx=2)  # odd, non-square: padded inside, cropped back
+    interp = FlowInterpolator(net)
+    for t in (0.25, 0.5):
+        ours = interp(clip[0], clip[2], [t])[0].astype(int)
+        base = dis_blend(clip[0], clip[2], [t])[0].astype(int)
+        assert np.abs(ours - base).max() <= 1  # rounding of equal floats
+
+
+def test_training_moves_the_network_off_the_baseline_and_gradients_reach_every_head():
+    torch.manual_seed(0)
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4))
+    data = LayeredMotion(procedural_photos(3, 64), size=32, max_shift=6.0)
+    s = data.sample(torch.Generator().manual_seed(0))
+    out = net(*(s[k][None] for k in ("i0", "i1", "f01", "f10")), s["t"][None])
+    (out - s["it"][None]).abs().mean().backward()
+    assert net.coarse.weight.grad.abs().sum() > 0 and net.rgb.weight.grad.abs().sum() > 0
+
+
+def test_layered_motion_is_exact_at_the_ends_and_deterministic():
+    data = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)
+    a = data.sample(torch.Generator().manual_seed(5))
+    b = data.sample(torch.Generator().manual_seed(5))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert float(a["t"]) in (0.25, 0.5, 0.75)
+    assert a["i0"].shape == a["it"].shape == (3, 48, 48) and a["f01"].shape == (2, 48, 48)
+    # something moves: the in-between frame is neither end
+    assert (a["it"] - a["i0"]).abs().mean() > 1e-3 and (a["it"] - a["i1"]).abs().mean() > 1e-3
+
+
+def test_run_keeps_given_frames_and_counts():
+    torch.manual_seed(0)
+    interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
+    clip = moving(24, 32, frames=4)
+    out = interp.run(clip, 4)
+    assert out.shape == (13, 24, 32, 3)
+    assert np.array_equal(out[::4], clip)
+    with pytest.raises(UserInputError, match="strictly between"):
+        interp(clip[0], clip[1], [1.0])
+
+
+def test_stream_bridges_scene_cuts_with_copies():
+    torch.manual_seed(0)
+    interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
+    a, b = moving(24, 32, frames=3, seed=1), moving(24, 32, frames=3, seed=2)
+    frames = list(a) + list(b)
+    out = list(interp.interpolate_stream(iter(frames), 2, cuts=[3], chunk=3))
+    assert len(out) == (len(frames) - 1) * 2 + 1
+    assert np.array_equal(out[4], a[2]) and np.array_equal(out[5], b[0])  # the gap holds a copy, not a blend
+    assert np.array_equal(np.stack(out[6:]), interp.run(b, 2))
+
+
+@pytest.fixture(scope="module")
+def flow_pack(tmp_path_factory):
+    """A tiny trained interpolator exported as a pack of its own (no text stage, no tokenizer)."""
+    from mavcli.train.export import export_pack
+
+    root = tmp_path_factory.mktemp("flowpack")
+    train(TrainConfig(stage="flow_interpolation", preset="tiny", steps=2, batch_size=2, ckpt_every=2, out=str(root / "runs")))
+    return export_pack(root / "runs", root / "pack", preset="tiny", stages=("flow_interpolation",))
+
+
+def test_exported_pack_loads_without_a_tokenizer(flow_pack):
+    assert not (flow_pack / "tokenizer.json").exists()
+    interp = FlowInterpolator.from_pretrained(flow_pack)
+    clip = moving(24, 32, frames=2)
+    out = interp(clip[0], clip[1], [0.5])[0]
+    assert out.shape == (24, 32, 3) and out.dtype == np.uint8
+
+
+def test_cli_interpolate_flow_method(flow_pack, tmp_path):
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+    from mavcli.video import read_video, write_video
+
+    clip = moving(32, 48, frames=5, dx=2)
+    src = tmp_path / "pan.mp4"
+    write_video(src, clip, 10)
+    out = tmp_path / "pan-x4.mp4"
+    runner = CliRunner()
+    res = runner.invoke(app, ["interpolate", str(src), "-x", "4", "--pack", str(flow_pack), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    video = read_video(out)
+    assert video.frames.shape == (17, 32, 48, 3) and video.fps == pytest.approx(40)
+    res = runner.invoke(app, ["interpolate", str(src), "--pack", str(flow_pack), "--steps", "3", "-o", str(tmp_path / "b.mp4")])
+    assert res.exit_code == 2 and "--steps" in res.output
+    res = runner.invoke(app, ["interpolate", str(src), "--method", "optical", "-o", str(tmp_path / "c.mp4")])
+    assert res.exit_code == 2 and "flow or diffusion" in res.output
