@@ -25,12 +25,10 @@ STAGE = "flow_interpolation"
 
 class FlowInterpolator:
     """`net`: a trained FlowInterpNet. `dis_preset`: ultrafast, fast or medium (the network
-    was trained on medium). `symmetric`: also run the network on the time-reversed pair (same
-    flows, swapped) and average the two predictions: twice the network time, no extra flow."""
+    was trained on medium)."""
 
     def __init__(self, net: FlowInterpNet, *, device: str | torch.device = "cpu", dis_preset: str = "medium",
-                 path: Path | None = None, symmetric: bool = False) -> None:
-        self.symmetric = symmetric
+                 path: Path | None = None) -> None:
         self.device = torch.device(device)
         # channels-last weights: oneDNN's convolutions run ~1.4x faster on this CPU
         self.net = net.to(self.device).float().eval().to(memory_format=torch.channels_last)
@@ -59,10 +57,7 @@ class FlowInterpolator:
         out = []
         for t in times:  # one evaluation per new frame keeps memory at one frame's activations
             tt = torch.full((1,), t, device=self.device)
-            frame = self.net(i0, i1, f01, f10, tt)
-            if self.symmetric:
-                frame = 0.5 * (frame + self.net(i1, i0, f10, f01, 1 - tt))
-            out.append(to_uint8(frame.float().cpu()))
+            out.append(to_uint8(self.net(i0, i1, f01, f10, tt).float().cpu()))
         return out
 
     def run(self, frames: np.ndarray, factor: int) -> np.ndarray:

@@ -147,3 +147,31 @@ def test_cli_interpolate_flow_method(flow_pack, tmp_path):
     assert res.exit_code == 2 and "--steps" in res.output
     res = runner.invoke(app, ["interpolate", str(src), "--method", "optical", "-o", str(tmp_path / "c.mp4")])
     assert res.exit_code == 2 and "flow or diffusion" in res.output
+
+
+def test_bundled_realinterp_pack_is_pinned_and_follows_motion():
+    from mavcli.weights.resolve import resolve_pack
+
+    path = resolve_pack("realinterp")  # checks every file against weights.toml's sha256
+    interp = FlowInterpolator.from_pretrained(path)
+    clip = moving(64, 96, frames=3, dx=3, seed=3)
+    ours = interp(clip[0], clip[2], [0.5])[0].astype(float)
+    fade = linear_blend(clip[0], clip[2], [0.5])[0].astype(float)
+    inner = (slice(6, -6), slice(6, -12))
+    assert np.abs(ours - clip[1])[inner].mean() < 0.5 * np.abs(fade - clip[1])[inner].mean()
+
+
+def test_bench_interpolate_prints_both_factors_and_rejects_bad_sizes(flow_pack):
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "interpolate", "--pack", str(flow_pack), "--size", "64x48", "--rounds", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [ln.split() for ln in res.stdout.splitlines() if ln.strip().startswith("x")]
+    assert [r[0] for r in rows] == ["x2", "x4"]
+    for r in rows:  # a new frame costs at least its network evaluation
+        assert float(r[1]) >= float(r[5]) > 0
+    res = runner.invoke(app, ["bench", "interpolate", "--pack", str(flow_pack), "--size", "64by48"])
+    assert res.exit_code == 2 and "WIDTHxHEIGHT" in res.output

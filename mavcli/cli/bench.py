@@ -160,3 +160,43 @@ def cascade(
 def register(app: typer.Typer) -> None:
     """Add `mav bench ...` to the app."""
     app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("interpolate")
+def interpolate(
+    pack: Annotated[Optional[str], typer.Option("--pack", help="Pack of the flow interpolator (default: realinterp).")] = None,
+    size: Annotated[str, typer.Option("--size", help="Frame size WxH.", metavar="WxH")] = "455x256",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved timing rounds.")] = 10,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch and OpenCV (default: their own choice).")
+    ] = None,
+) -> None:
+    """Milliseconds per new frame of `mav interpolate`'s flow method at x2 and x4, beside DIS
+    warp + blend timed alongside, with the time split into flow and network."""
+    import torch
+
+    from mavcli.bench.interp import run_interp_bench
+    from mavcli.cli.loading import open_flow_interpolator
+
+    with console.user_errors():
+        try:
+            width, height = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise UserInputError(f"--size takes WIDTHxHEIGHT, e.g. 455x256; got {size!r}") from None
+        if min(width, height) < 16:
+            raise UserInputError(f"--size {size}: frames must be at least 16x16")
+        if threads:
+            import cv2
+
+            torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)
+        interp = open_flow_interpolator(pack, "cpu")
+        console.info(f"timing at {width}x{height}, {rounds} interleaved rounds, {torch.get_num_threads()} torch threads")
+        rows = run_interp_bench(interp, width=width, height=height, rounds=rounds)
+        table = Table(title=f"mav bench interpolate: ms per new frame at {width}x{height} (CPU)", box=box.SIMPLE)
+        for col in ("factor", "mavcli", "DIS + blend", "mavcli / DIS", "2 DIS flows", "network"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(f"x{r.factor}", f"{r.mavcli_ms:.1f}", f"{r.dis_ms:.1f}", f"{r.ratio:.2f}x",
+                          f"{r.flow_ms:.1f}", f"{r.network_ms:.1f}")
+        console.out.print(table)

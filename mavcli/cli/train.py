@@ -54,6 +54,7 @@ def _make_command(stage: str):
         steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
         lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+        temporal_lr_mult: Optional[float] = typer.Option(None, "--temporal-lr-mult", help="Learning rate of the temporal layers relative to --lr."),
         out: Optional[str] = typer.Option(None, help="Runs folder; checkpoints go to OUT/STAGE/last.safetensors."),
         preset: Optional[str] = typer.Option(None, help="Network sizes: shapes or tiny."),
         seed: Optional[int] = typer.Option(None),
@@ -76,7 +77,8 @@ def _make_command(stage: str):
 
             opts = dict(steps=steps, batch_size=batch_size, lr=lr, out=out, preset=preset, seed=seed,
                         ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads,
-                        images=images, videos=videos, init_pack=init_pack)
+                        images=images, videos=videos, init_pack=init_pack,
+                        temporal_lr_mult=temporal_lr_mult)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),

@@ -47,6 +47,10 @@ class TrainConfig:
     images: str | None = None  # real data: a folder of images with same-named .txt captions
     videos: str | None = None  # real data: a folder of (uncaptioned) videos
     threads: int | None = None
+    # the learning rate of temporal layers (names with "temporal": the pseudo-3D convs'
+    # and attentions' time parts, fps conditioning) relative to the rest: video fine-tuning
+    # of an image model mostly has to teach those (Make-A-Video section 3.2)
+    temporal_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if self.stage not in TRAIN_STAGES:
@@ -141,7 +145,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if cfg.init_pack and not resume:
         _load_from_pack(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    temporal = [p for n, p in model.named_parameters() if "temporal" in n]
+    others = [p for n, p in model.named_parameters() if "temporal" not in n]
+    groups = [{"params": others, "mult": 1.0}]
+    if temporal:
+        groups.append({"params": temporal, "mult": cfg.temporal_lr_mult})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     out = run_dir(cfg)
     last = out / "last.safetensors"
     start = 0
@@ -160,7 +169,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     t_last, s_last = time.perf_counter(), start
     for step in range(start, end):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg) * group["mult"]
         first = step * cfg.batch_size + rank * local
         indices = list(range(first, first + local))
         model.train()
