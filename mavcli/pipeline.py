@@ -142,6 +142,15 @@ class MakeAVideoPipeline:
         tokens, pooled = self.pack["text_encoder"](ids, mask)
         return tokens, mask, pooled, unknown
 
+    def decoder_context(self, prompts: list[str], tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D^t's context: the encoder's token states `(b, L, d)` of `prompts`, followed by their
+        word embeddings when the pack says so -> `(b, L or 2L, d)` and its mask."""
+        if not self.settings.decoder_word_tokens:
+            return tokens, mask
+        ids, _, _ = self.pack.tokenizer.batch(prompts)
+        words = self.pack["text_encoder"].word_tokens(ids.to(self.device)).to(tokens.dtype)
+        return torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
+
     @torch.no_grad()
     def prior(self, tokens, mask, pooled, *, seed: int, steps=None, guidance=None, sampler=None,
               callback: ProgressCallback | None = None) -> torch.Tensor:
@@ -387,7 +396,8 @@ class MakeAVideoPipeline:
         opts = dict(steps=steps, guidance=guidance, sampler=sampler, callback=callback)
         tokens, mask, pooled, unknown = timed("text_encoder", self.encode_prompt, [prompt])
         emb = timed("prior", self.prior, tokens, mask, pooled, seed=seed, **opts)
-        video = timed("keyframes", self.keyframes, emb, tokens, mask, seed=seed, num_frames=k, fps=fps, **opts)
+        dec_tokens, dec_mask = self.decoder_context([prompt], tokens, mask)
+        video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps, **opts)
         out_fps = fps
         if stop_after != "keyframes":
             fi = self.pack["interpolation"]

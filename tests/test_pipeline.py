@@ -212,3 +212,25 @@ def test_linear_blend_fills_between_and_beyond_known_frames():
     known = torch.tensor([False, True, False, False, True, False])
     out = linear_blend(video, known).flatten().tolist()
     assert out == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+
+
+def test_decoder_reads_word_embeddings_when_the_pack_says_so(pipe, monkeypatch):
+    """The keyframe decoder's context is the encoder's states followed by the word embeddings
+    (motion words survive there); packs without the setting keep the states alone."""
+    import dataclasses
+
+    prompt = "a red circle moving left on a black background"
+    tokens, mask, _, _ = pipe.encode_prompt([prompt])
+    assert pipe.settings.decoder_word_tokens
+    ctx, cmask = pipe.decoder_context([prompt], tokens, mask)
+    n = tokens.shape[1]
+    assert ctx.shape == (1, 2 * n, tokens.shape[2]) and torch.equal(cmask, torch.cat([mask, mask], 1))
+    assert torch.equal(ctx[:, :n], tokens)
+    ids, _, _ = pipe.pack.tokenizer.batch([prompt])
+    words = pipe.pack["text_encoder"].word_tokens(ids)
+    assert torch.allclose(ctx[:, n:], words)
+    # word embeddings are layer-normalised: zero mean, unit variance per token
+    assert torch.allclose(words.mean(-1), torch.zeros(1, n), atol=1e-5)
+    monkeypatch.setattr(pipe, "settings", dataclasses.replace(pipe.settings, decoder_word_tokens=False))
+    ctx, cmask = pipe.decoder_context([prompt], tokens, mask)
+    assert ctx is tokens and cmask is mask

@@ -131,6 +131,14 @@ class TextEncoder(nn.Module):
         pooled = x[torch.arange(x.shape[0], device=x.device), last]
         return x, F.normalize(self.proj(pooled), dim=-1)
 
+    def word_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """The context-free word embeddings `(b, L, dim)`, layer-normalised to the scale of the
+        encoder's outputs. A text encoder trained contrastively on still frames learns nothing
+        from motion words, and its output states for "left" and "right" come out nearly equal
+        (cosine 0.99 in the shapes pack); the input embeddings still tell them apart, so a
+        video decoder can attend to both."""
+        return F.layer_norm(self.embed(ids), (self.config.dim,))
+
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -72,6 +73,9 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
         networks[stage] = net
     _, settings = preset_configs(preset, len(vocab or ()))
     if base_pack is not None:
-        settings = base_pack.settings
+        # the base's settings, except the decoder's context: it follows how D^t was trained
+        trained_decoder = "keyframes" in stages and (runs / "keyframes" / "last.safetensors").is_file()
+        settings = dataclasses.replace(base_pack.settings, decoder_word_tokens=settings.decoder_word_tokens) \
+            if trained_decoder else base_pack.settings
     pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)

@@ -210,6 +210,11 @@ class Task:
             mask = torch.ones(len(indices), 1, dtype=torch.bool, device=device)
         else:
             tokens, mask, _ = self._text(captions, device)
+            if self.settings.decoder_word_tokens:  # as MakeAVideoPipeline.decoder_context
+                ids, _, _ = self.tokenizer.batch(captions)
+                with torch.no_grad():
+                    words = self.encoders.text_encoder.word_tokens(ids.to(device))
+                tokens, mask = torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
         # also drop the image embedding alone now and then, so text tokens can steer by themselves
         only_emb = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 400).to(device)
         emb = torch.where(only_emb[:, None], model.null_cond.detach().expand_as(emb), emb)

@@ -48,6 +48,9 @@ class PackSettings:
     chunk_frames: int = 32  # frames per SR chunk: memory stays bounded for long videos
     sr_tile: int = 0  # > 0: the SR networks run on overlapping tiles of this side (as trained)
     sr_tile_overlap: int = 8
+    # D^t attends to the text encoder's word embeddings too, not only its output states
+    # (TextEncoder.word_tokens): how motion words reach the keyframe decoder
+    decoder_word_tokens: bool = False
 
 
 @dataclass
