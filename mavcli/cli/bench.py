@@ -1,4 +1,6 @@
-"""`mav bench layers`: time mavcli's pseudo-3D layers against make-a-video-pytorch 0.4.0.
+"""`mav bench layers`: time mavcli's pseudo-3D layers against make-a-video-pytorch 0.4.0;
+`mav bench cascade`: seconds per stage of one generation; `mav bench interpolate`: ms per new
+frame of the real-footage interpolator beside DIS flow.
 
 The table goes to stdout; progress and notes to stderr. The numbers are medians of interleaved
 rounds in one process, so a slow spell on a shared machine hits both sides alike.
@@ -7,10 +9,8 @@ rounds in one process, so a slow spell on a shared machine hits both sides alike
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Optional
-
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich import box
