@@ -27,6 +27,7 @@ from einops import rearrange
 from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.blocks import resize_frames
+from mavcli.models.text import with_word_tokens
 from mavcli.models.tiling import tiled
 from mavcli.video import stream_segments
 from mavcli.weights.pack import Pack, load_pack
@@ -148,8 +149,7 @@ class MakeAVideoPipeline:
         if not self.settings.decoder_word_tokens:
             return tokens, mask
         ids, _, _ = self.pack.tokenizer.batch(prompts)
-        words = self.pack["text_encoder"].word_tokens(ids.to(self.device)).to(tokens.dtype)
-        return torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
+        return with_word_tokens(self.pack["text_encoder"], ids.to(self.device), tokens, mask)
 
     @torch.no_grad()
     def prior(self, tokens, mask, pooled, *, seed: int, steps=None, guidance=None, sampler=None,

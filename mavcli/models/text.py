@@ -147,6 +147,15 @@ class ImageEncoderConfig:
     embed_dim: int = 64
 
 
+
+def with_word_tokens(encoder: TextEncoder, ids: torch.Tensor, tokens: torch.Tensor,
+                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keyframe decoder's context when a pack sets `decoder_word_tokens`: the encoder's
+    states `(b, L, d)` followed by the word embeddings of the same ids -> `(b, 2L, d)`, and the
+    mask `(b, L)` repeated -> `(b, 2L)`."""
+    words = encoder.word_tokens(ids).to(tokens.dtype)
+    return torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
+
 class ImageEncoder(nn.Module):
     """Images `(b, 3, h, w)` in [-1, 1] -> unit-length embeddings `(b, embed_dim)`: a small
     strided CNN with global average pooling (CLIP's image tower, scaled down)."""

@@ -55,12 +55,11 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
             hint = " (or pass --base PACK to keep that pack's network)" if base_pack is None else ""
             raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source}){hint}")
         _, meta, tensors, _ = read_checkpoint(path)
-        if source not in ("clip", "prior", "keyframes"):  # stages that read no text
-            pass
-        elif vocab is None:  # the clip stage comes first and defines the vocabulary
-            vocab = meta["vocab"]
-        elif meta["vocab"] != vocab:
-            raise UserInputError(f"{path} was trained with another vocabulary than the clip stage")
+        if source in ("clip", "prior", "keyframes"):  # the stages that read text share one vocabulary
+            if vocab is None:  # the clip stage comes first and defines it
+                vocab = meta["vocab"]
+            elif meta["vocab"] != vocab:
+                raise UserInputError(f"{path} was trained with another vocabulary than the clip stage")
         if meta["config"]["preset"] != preset:
             raise UserInputError(f"{path} was trained with preset {meta['config']['preset']!r}, not {preset!r}")
         if stage == "flow_interpolation":

@@ -31,7 +31,7 @@ from mavcli.models.blocks import resize_frames
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.models.presets import preset_configs
 from mavcli.models.prior import EMBED_SCALE, Prior
-from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss
+from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss, with_word_tokens
 from mavcli.models.unet import SpaceTimeUnet, inflate_unet
 
 INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates with 4)
@@ -91,6 +91,7 @@ class Task:
     encoders: ClipPair | None = None
     images: str | None = None  # a folder of captioned images instead of the shapes world
     videos: str | None = None  # a folder of uncaptioned videos instead of the shapes world
+    _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
 
     def __post_init__(self) -> None:
         self.configs, self.settings = preset_configs(self.preset, len(self.tokenizer.vocab))
@@ -213,8 +214,7 @@ class Task:
             if self.settings.decoder_word_tokens:  # as MakeAVideoPipeline.decoder_context
                 ids, _, _ = self.tokenizer.batch(captions)
                 with torch.no_grad():
-                    words = self.encoders.text_encoder.word_tokens(ids.to(device))
-                tokens, mask = torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
+                    tokens, mask = with_word_tokens(self.encoders.text_encoder, ids.to(device), tokens, mask)
         # also drop the image embedding alone now and then, so text tokens can steer by themselves
         only_emb = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 400).to(device)
         emb = torch.where(only_emb[:, None], model.null_cond.detach().expand_as(emb), emb)
@@ -264,7 +264,7 @@ class Task:
 
     def _motion_data(self):
         """The interpolator's sample mix, built once (it computes DIS flows of every window)."""
-        if getattr(self, "_motion", None) is None:
+        if self._motion is None:
             from mavcli.data.motion import LayeredMotion, default_motion_data, procedural_photos
 
             if self.preset == "tiny":  # tests: synthetic motion over procedural textures only
