@@ -58,6 +58,23 @@ def _weights(path):
     return tensors
 
 
+def test_interpolation_windows_move_as_fast_as_the_pipelines_windows():
+    """F_i trains on windows of interp_window keyframes cut from longer clips; the shapes pack's
+    windows (a few of its 8 keyframes) must lie inside the range of speeds it trained on."""
+    from mavcli.data.shapes import ShapesVideoDataset
+    from mavcli.train.tasks import INTERP_RATE_FACTORS, INTERP_SKIPS
+
+    _, s = preset_configs("shapes", 10)
+    pipeline_step = 1.0 / ((s.keyframes - 1) * s.frame_skip)  # fraction of the travel per output frame
+    for skip in INTERP_SKIPS:
+        n = (s.interp_window - 1) * skip + 1
+        ds = ShapesVideoDataset(64, frames=n, size=32, seed=0, rate_factors=INTERP_RATE_FACTORS)
+        steps = {round(float(np.diff(ds.window(i)[2]).mean()), 6) for i in range(64)}
+        assert steps == {round(1.0 / ((n - 1) * k), 6) for k in INTERP_RATE_FACTORS}
+        if skip == s.frame_skip:
+            assert min(steps) <= pipeline_step <= max(steps)
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     base = dict(stage="sr_image", preset="tiny", steps=6, batch_size=4, ckpt_every=3, warmup=2)
     straight = train(TrainConfig(out=str(tmp_path / "a"), **base))

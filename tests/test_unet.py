@@ -5,7 +5,7 @@ import torch
 
 from mavcli.errors import PackError
 from mavcli.models.unet import SpaceTimeUnet, UnetConfig, inflate_unet
-from mavcli.weights.safetensors_io import load_network, save_network
+from mavcli.weights.safetensors_io import load_network, load_state_strict, save_network
 from conftest import randomise
 
 TINY = dict(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
@@ -67,6 +67,29 @@ def test_conditioning_changes_output_and_null_drop():
     b = net(x, t, **{**kw, "cond": torch.randn(2, 6), "context": torch.randn(2, 5, 10)}, drop_cond=drop)
     torch.testing.assert_close(a[0], b[0])
     assert not torch.allclose(a[1], b[1], atol=1e-5)
+
+
+def test_context_pool_starts_as_a_no_op_then_carries_unmasked_tokens_without_cross_attention():
+    torch.manual_seed(0)
+    base_cfg = dict(TINY, attn_levels=(False, False), mid_attn=False, cond_dim=6, context_dim=10)
+    old = randomise(SpaceTimeUnet(UnetConfig(**base_cfg)))
+    new = SpaceTimeUnet(UnetConfig(**base_cfg, context_pool_heads=2))
+    with pytest.raises(PackError, match="context_pool"):  # a missing module is an error by default
+        load_state_strict(new, old.state_dict(), "test")
+    load_state_strict(new, old.state_dict(), "test", fresh=("context_pool.",))  # added module keeps its init
+    x, t, cond = torch.randn(2, 3, 3, 8, 8), torch.rand(2), torch.randn(2, 6)
+    ctx, mask = torch.randn(2, 5, 10), torch.tensor([[True] * 5, [True, True, True, False, False]])
+    torch.testing.assert_close(new(x, t, cond=cond, context=ctx, context_mask=mask), old(x, t, cond=cond, context=ctx, context_mask=mask))
+    # with no attention level the text reaches the network through the pool alone
+    assert torch.equal(old(x, t, cond=cond, context=ctx), old(x, t, cond=cond, context=torch.randn(2, 5, 10)))
+    randomise(new.context_pool, std=0.2)
+    base = new(x, t, cond=cond, context=ctx, context_mask=mask)
+    other = ctx.clone()
+    other[:, 1] = torch.randn(2, 10)  # a visible token of both items changes
+    assert (new(x, t, cond=cond, context=other, context_mask=mask) - base).abs().flatten(1).amax(1).min() > 1e-4
+    masked = ctx.clone()
+    masked[1, 3:] = torch.randn(2, 10)  # tokens the mask hides change nothing
+    torch.testing.assert_close(new(x, t, cond=cond, context=masked, context_mask=mask), base)
 
 
 def test_safetensors_round_trip_bit_identical(tmp_path):

@@ -13,6 +13,32 @@ from mavcli.nn.conv import Pseudo3DConv
 from mavcli.nn.norm import group_norm
 
 
+class ContextPool(nn.Module):
+    """Attention pooling of the text tokens into one vector for the time embedding (Imagen's
+    pooled text embedding, with learned queries). Cross-attention reaches the text only where a
+    level has attention; a global fact of the prompt, such as the motion direction, then also
+    steers every ResBlock through its scale and shift.
+
+    `forward(context, mask)`: context `(b, m, d)`, mask `(b, m)` bool -> `(b, emb_dim)`. The
+    output projection starts at zero, so adding the pool to a trained U-Net changes nothing.
+    """
+
+    def __init__(self, context_dim: int, emb_dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(context_dim)
+        self.queries = nn.Parameter(torch.randn(heads, context_dim) * context_dim**-0.5)
+        self.out = nn.Linear(heads * context_dim, emb_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keys = self.norm(context)
+        scores = torch.einsum("h d, b m d -> b h m", self.queries.to(keys.dtype), keys) * keys.shape[-1] ** -0.5
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        pooled = torch.einsum("b h m, b m d -> b h d", scores.softmax(dim=-1), keys)
+        return self.out(rearrange(pooled, "b h d -> b (h d)"))
+
+
 def per_frame(v: torch.Tensor, frames: int | None) -> torch.Tensor:
     """Repeat a per-video vector `(b, d)` for every frame: `((b f), d)`."""
     return v if frames is None else repeat(v, "b d -> (b f) d", f=frames)

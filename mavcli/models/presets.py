@@ -39,7 +39,8 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         }
     else:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'shapes'")
-    configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, fps_cond=True)
+    # the decoder also pools the text into its time embedding: motion direction is a global fact
+    configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, context_pool_heads=4, fps_cond=True)
     # F_i sees no text: frames, mask, frame skip and fps say all it needs, and the same network
     # then serves real footage, which has no caption
     configs["interpolation"] = UnetConfig(**{**unet, "attn_levels": (False,) * (len(unet["dim_mults"]) - 1) + (True,)},

@@ -7,7 +7,8 @@ downsampled, so any frame count works. Conditioning:
   - `t` `(b,)`: diffusion time in [0, 1];
   - `cond` `(b, cond_dim)`: an image embedding (keyframe decoder), added to the time embedding
     and also given as `cond_tokens` extra context tokens (DALL-E 2's decoder does both);
-  - `context` `(b, m, context_dim)` + `context_mask` `(b, m)`: text tokens, by cross-attention;
+  - `context` `(b, m, context_dim)` + `context_mask` `(b, m)`: text tokens, by cross-attention
+    and, with `context_pool_heads`, also attention-pooled into the time embedding;
   - `fps` / `frame_skip` `(b,)`: video conditioning (section 3.2 and 3.3), videos only;
   - `extra` `(b, extra_in_channels, [f,] h, w)`: channels concatenated to the input (masked
     frames + mask for interpolation, an upsampled low-resolution video for super-resolution);
@@ -25,11 +26,16 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from mavcli.models.blocks import Downsample, ResBlock, Upsample, per_frame
+from mavcli.models.blocks import ContextPool, Downsample, ResBlock, Upsample, per_frame
 from mavcli.nn.attention import SpatioTemporalAttention
 from mavcli.nn.conv import Pseudo3DConv
 from mavcli.nn.embeddings import ScalarEmbedding
 from mavcli.nn.norm import group_norm
+
+
+# modules a later config adds whose output starts at zero: a network trained without them loads
+# into one with them (`--init-pack`) and computes the same function until they train
+ADDED_MODULES = ("context_pool.",)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class UnetConfig:
     cond_dim: int | None = None
     cond_tokens: int = 2
     context_dim: int | None = None
+    context_pool_heads: int = 0  # > 0: the text tokens also pooled into the time embedding
     fps_cond: bool = False
     skip_cond: bool = False
     guidance_null: bool = True
@@ -90,6 +97,8 @@ class SpaceTimeUnet(nn.Module):
         self.cond_to_tokens = (
             nn.Linear(c.cond_dim, c.cond_tokens * c.context_dim) if c.cond_dim and c.context_dim and c.cond_tokens else None
         )
+        self.context_pool = ContextPool(c.context_dim, emb_dim, c.context_pool_heads) \
+            if c.context_dim and c.context_pool_heads else None
         if c.guidance_null and (c.cond_dim or c.context_dim):
             self.null_cond = nn.Parameter(torch.zeros(c.cond_dim)) if c.cond_dim else None
             self.null_context = nn.Parameter(torch.zeros(c.context_dim)) if c.context_dim else None
@@ -199,6 +208,8 @@ class SpaceTimeUnet(nn.Module):
         cond, context, context_mask = self._conditioning(b, cond, context, context_mask, drop_cond, x)
         if self.cond_proj is not None:
             emb = emb + self.cond_proj(cond)
+        if self.context_pool is not None:
+            emb = emb + self.context_pool(context, context_mask)
         if time_on:
             if self.temporal_fps is not None:
                 emb = emb + self.temporal_fps(self._scalar(fps, b, "fps", x))

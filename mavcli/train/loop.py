@@ -195,6 +195,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
 
 def _load_from_pack(model: torch.nn.Module, cfg: TrainConfig) -> None:
     """Warm-start a stage from a pack (float16 weights become the float32 starting point)."""
+    from mavcli.models.unet import ADDED_MODULES
     from mavcli.train.export import SOURCES
     from mavcli.weights.pack import read_index
     from mavcli.weights.safetensors_io import load_state_strict, read_network
@@ -213,7 +214,7 @@ def _load_from_pack(model: torch.nn.Module, cfg: TrainConfig) -> None:
         raise UserInputError(f"a pack holds no {cfg.stage} network (it is a training-only stage); start it without --init-pack")
     if cfg.stage == "clip":
         tensors["logit_scale"] = model.logit_scale.detach().clone()
-    load_state_strict(model, tensors, f"{folder} ({cfg.stage})")
+    load_state_strict(model, tensors, f"{folder} ({cfg.stage})", fresh=ADDED_MODULES)
 
 
 def _log(out: Path, row: dict) -> None:

@@ -35,6 +35,9 @@ from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss, 
 from mavcli.models.unet import SpaceTimeUnet, inflate_unet
 
 INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates with 4)
+# F_i's windows are a few keyframes of a longer clip: each window shows 1/k of the clip's travel
+# (the shapes pack's 8 keyframes in windows of 3 move about as fast as k = 3.5)
+INTERP_RATE_FACTORS = (2, 3, 4)
 
 TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation", "sr_video", "sr_image",
                 "flow_interpolation")
@@ -246,7 +249,7 @@ class Task:
         skip = skips[int(np.random.default_rng([self.seed, step, 7]).integers(len(skips)))]
         keys = s.interp_window
         n = (keys - 1) * skip + 1
-        video, _, _ = self._videos(indices, s.keyframe_size, n, (1,), s.fps * skip)
+        video, _, _ = self._videos(indices, s.keyframe_size, n, INTERP_RATE_FACTORS, s.fps * skip)
         video = video.to(device)
         b = video.shape[0]
         known = torch.zeros(b, n, dtype=torch.bool)

@@ -79,12 +79,14 @@ def load_network(path: str | os.PathLike, cls: type, config_cls: type, *, device
     return module.eval()
 
 
-def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str,
+                      fresh: tuple[str, ...] = ()) -> None:
     """`load_state_dict(strict=True)` with a message that lists missing and unexpected keys and
     shape mismatches; tensors are cast to the parameter's dtype (a float16 pack loads into a
-    float32 network exactly as float16 values)."""
+    float32 network exactly as float16 values). Keys under a `fresh` prefix may be missing:
+    those parts keep their initialisation (a module added to a trained network)."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
+    missing = sorted(k for k in set(own) - set(tensors) if not k.startswith(fresh))
     unexpected = sorted(set(tensors) - set(own))
     shapes = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
     if missing or unexpected or shapes:
@@ -96,4 +98,4 @@ def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
         if shapes:
             parts.append("shape mismatch " + ", ".join(f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in shapes[:5]))
         raise PackError(f"{where} does not match its config: " + "; ".join(parts))
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=True)
+    module.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in tensors.items()}}, strict=True)
