@@ -26,7 +26,7 @@ from einops import rearrange
 
 from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
-from mavcli.models.blocks import resize_frames
+from mavcli.models.blocks import blend_known_frames, interp_conditioning, resize_frames
 from mavcli.models.text import with_word_tokens
 from mavcli.models.tiling import tiled
 from mavcli.video import stream_segments
@@ -199,7 +199,7 @@ class MakeAVideoPipeline:
         steps, guidance = self._option(steps, "interpolation", "steps"), self._option(guidance, "interpolation", "guidance")
         b, _, n, h, w = video.shape
         mask = known.to(self.device, video.dtype).view(1, 1, n, 1, 1).expand(b, 1, n, h, w)
-        extra = torch.cat([video * mask, mask], dim=1)  # RGB with missing frames zeroed + mask
+        extra = interp_conditioning(video, known, self.settings.interp_prefill)
         kwargs = dict(cond or {})
         kwargs["extra"] = extra
         if net.config.skip_cond:
@@ -217,7 +217,7 @@ class MakeAVideoPipeline:
         extra_opts = {}
         if t0 < 1.0:  # start from the linear blend of the known frames, partly noised (SDEdit)
             alpha, sigma = (v.item() for v in schedule.alpha_sigma(torch.tensor([t0])))
-            x = alpha * linear_blend(video, known) + sigma * x
+            x = alpha * blend_known_frames(video, known) + sigma * x
             extra_opts["t_start"] = t0
         model = guided(net, guidance, **kwargs)
         with self._autocast():
@@ -414,25 +414,6 @@ class MakeAVideoPipeline:
         if stop_after is None:
             video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
         return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
-
-
-def linear_blend(video: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Fill the unknown frames of `(b, c, n, h, w)` by linear interpolation between the nearest
-    known frames (copies of the nearest one beyond the first / last known frame)."""
-    idx = torch.nonzero(known.cpu()).flatten().tolist()
-    out = video.clone()
-    for i in range(video.shape[2]):
-        if known[i]:
-            continue
-        left = [k for k in idx if k < i]
-        right = [k for k in idx if k > i]
-        if left and right:
-            a, b = left[-1], right[0]
-            w = (i - a) / (b - a)
-            out[:, :, i] = (1 - w) * video[:, :, a] + w * video[:, :, b]
-        else:
-            out[:, :, i] = video[:, :, (left or right)[-1 if left else 0]]
-    return out
 
 
 def _null_inputs(net, b: int, device) -> dict:

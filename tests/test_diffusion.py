@@ -106,3 +106,6 @@ def test_sampling_from_a_partly_noised_start(sampler):
     out = sample(model, x, 6, schedule=SCHED, sampler=sampler, t_start=0.5, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, target, atol=1e-3, rtol=0)
     assert times[0] == 0.5 and len(times) == 6 and all(a > b for a, b in zip(times, times[1:]))
+    for bad in (0.0, -0.1, 1.5):  # nothing to sample from t = 0; times beyond 1 do not exist
+        with pytest.raises(ValueError, match="t_start"):
+            sample(model, x, 6, schedule=SCHED, sampler=sampler, t_start=bad)

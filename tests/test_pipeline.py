@@ -178,6 +178,13 @@ def test_tampered_pack_is_refused(tiny_pack_dir, tmp_path):
     (bad / "pack.json").write_text(json.dumps(index))
     with pytest.raises(PackError, match="plain file name"):
         load_pack(bad)
+    # a setting out of range is named, not a crash deep in the sampler
+    index = json.loads((tiny_pack_dir / "pack.json").read_text())
+    index["settings"]["interp_start"] = 0.0
+    (bad / "pack.json").write_text(json.dumps(index))
+    shutil.copy(tiny_pack_dir / "prior.safetensors", f)
+    with pytest.raises(PackError, match=r"PackSettings: invalid config: interp_start must be in \(0, 1\]"):
+        load_pack(bad)
 
 
 def test_tiled_evaluation_blends_to_the_exact_result_for_a_local_network():
@@ -204,14 +211,24 @@ def test_tiled_evaluation_blends_to_the_exact_result_for_a_local_network():
 
 
 def test_linear_blend_fills_between_and_beyond_known_frames():
-    from mavcli.pipeline import linear_blend
+    from mavcli.models.blocks import blend_known_frames, interp_conditioning
 
     video = torch.zeros(1, 1, 6, 1, 1)
     video[0, 0, 1] = 1.0
     video[0, 0, 4] = 4.0
     known = torch.tensor([False, True, False, False, True, False])
-    out = linear_blend(video, known).flatten().tolist()
+    out = blend_known_frames(video, known).flatten().tolist()
     assert out == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    # per-item masks, and F_i's conditioning: zeroed (the paper) or prefilled, then the mask
+    pair = torch.cat([video, video])
+    per_item = torch.stack([known, torch.tensor([True, False, False, False, True, False])])
+    assert blend_known_frames(pair, per_item)[1].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    zeroed = interp_conditioning(pair, per_item, prefill=False)
+    assert zeroed[:, 0].flatten(1).tolist() == [[0.0, 1.0, 0.0, 0.0, 4.0, 0.0], [0.0, 0.0, 0.0, 0.0, 4.0, 0.0]]
+    assert zeroed[:, 1].flatten(1).tolist() == per_item.float().tolist()
+    filled = interp_conditioning(pair, per_item, prefill=True)
+    assert filled[0, 0].flatten().tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    torch.testing.assert_close(filled[:, 1:], zeroed[:, 1:])
 
 
 def test_decoder_reads_word_embeddings_when_the_pack_says_so(pipe, monkeypatch):

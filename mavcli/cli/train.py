@@ -54,7 +54,7 @@ def _make_command(stage: str):
         steps: Optional[int] = typer.Option(None, help="Optimizer steps in all."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
         lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-        temporal_lr_mult: Optional[float] = typer.Option(None, "--temporal-lr-mult", help="Learning rate of the temporal layers relative to --lr."),
+        temporal_lr_mult: Optional[float] = typer.Option(None, "--temporal-lr-mult", help="Learning rate of the temporal layers (and the decoder's text pool) relative to --lr."),
         out: Optional[str] = typer.Option(None, help="Runs folder; checkpoints go to OUT/STAGE/last.safetensors."),
         preset: Optional[str] = typer.Option(None, help="Network sizes: shapes or tiny."),
         seed: Optional[int] = typer.Option(None),

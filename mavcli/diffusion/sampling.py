@@ -134,6 +134,9 @@ def sample(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedul
     partly noised estimate x_t at t_start, as in SDEdit), returns x0 estimates."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    t_start = float(kwargs.get("t_start", 1.0))
+    if not 0.0 < t_start <= 1.0:  # t_start 0 would leave nothing to sample (and divide by zero)
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     try:
         fn = SAMPLERS[sampler]
     except KeyError:

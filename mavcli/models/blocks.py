@@ -102,3 +102,37 @@ def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] > size:
         return F.interpolate(x, size=(size, size), mode="area")
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def blend_known_frames(video: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill the unknown frames of `(b, c, n, h, w)` by linear interpolation between the nearest
+    known frames (copies of the nearest one beyond the first / last known frame). `known` is
+    `(n,)` bool for the whole batch or `(b, n)` per item. F_i's conditioning (section 3.3) and
+    its SDEdit start both use it."""
+    if known.ndim == 2:
+        return torch.cat([blend_known_frames(video[i:i + 1], known[i]) for i in range(video.shape[0])])
+    idx = torch.nonzero(known.cpu()).flatten().tolist()
+    out = video.clone()
+    for i in range(video.shape[2]):
+        if known[i]:
+            continue
+        left = [k for k in idx if k < i]
+        right = [k for k in idx if k > i]
+        if left and right:
+            a, b = left[-1], right[0]
+            w = (i - a) / (b - a)
+            out[:, :, i] = (1 - w) * video[:, :, a] + w * video[:, :, b]
+        else:
+            out[:, :, i] = video[:, :, (left or right)[-1 if left else 0]]
+    return out
+
+
+def interp_conditioning(video: torch.Tensor, known: torch.Tensor, prefill: bool) -> torch.Tensor:
+    """F_i's extra input channels (section 3.3): the video with its unknown frames zeroed, or,
+    with `prefill`, filled by the linear blend of the nearest known frames, then the mask.
+    video `(b, c, n, h, w)`, known `(n,)` or `(b, n)` bool -> `(b, c + 1, n, h, w)`."""
+    b, _, n, h, w = video.shape
+    mask = known.to(video.device, video.dtype)
+    mask = (mask.view(1, 1, n, 1, 1) if mask.ndim == 1 else mask.view(b, 1, n, 1, 1)).expand(b, 1, n, h, w)
+    frames = blend_known_frames(video, known) if prefill else video * mask
+    return torch.cat([frames, mask], dim=1)

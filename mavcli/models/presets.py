@@ -20,7 +20,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         sr = dict(dim=8, dim_mults=(1, 2), dim_head=8, heads=2, blocks_per_level=1)
         settings = PackSettings(keyframes=3, keyframe_size=8, fps=4.0, frame_skip=3, sr_video_size=16, sr_image_size=32,
                                 steps={"prior": 3, "keyframes": 3, "interpolation": 2, "sr_video": 2, "sr_image": 2},
-                                chunk_frames=4, decoder_word_tokens=True)
+                                chunk_frames=4, decoder_word_tokens=True, interp_prefill=True)
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=1, heads=2, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=8, channels=(8, 16), embed_dim=e),
@@ -30,8 +30,9 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         e, t = 64, 128
         unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
         sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
-        # SR trains on 32x32 crops; the decoder reads motion words from the word embeddings
-        settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True)
+        # SR trains on 32x32 crops; the decoder reads motion words from the word embeddings; F_i
+        # sees the blend of the known frames where frames are missing
+        settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True)
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),

@@ -72,9 +72,15 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
         networks[stage] = net
     _, settings = preset_configs(preset, len(vocab or ()))
     if base_pack is not None:
-        # the base's settings, except the decoder's context: it follows how D^t was trained
-        trained_decoder = "keyframes" in stages and (runs / "keyframes" / "last.safetensors").is_file()
-        settings = dataclasses.replace(base_pack.settings, decoder_word_tokens=settings.decoder_word_tokens) \
-            if trained_decoder else base_pack.settings
+        # the base's settings, except those that follow how a retrained network was trained
+        def retrained(stage: str) -> bool:
+            return stage in stages and (runs / stage / "last.safetensors").is_file()
+
+        follow = {}
+        if retrained("keyframes"):
+            follow["decoder_word_tokens"] = settings.decoder_word_tokens
+        if retrained("interpolation"):
+            follow["interp_prefill"] = settings.interp_prefill
+        settings = dataclasses.replace(base_pack.settings, **follow)
     pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)

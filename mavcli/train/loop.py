@@ -48,8 +48,9 @@ class TrainConfig:
     videos: str | None = None  # real data: a folder of (uncaptioned) videos
     threads: int | None = None
     # the learning rate of temporal layers (names with "temporal": the pseudo-3D convs'
-    # and attentions' time parts, fps conditioning) relative to the rest: video fine-tuning
-    # of an image model mostly has to teach those (Make-A-Video section 3.2)
+    # and attentions' time parts, fps conditioning) and of modules added over a trained network
+    # (unet.ADDED_MODULES: the decoder's text pool) relative to the rest: video fine-tuning of
+    # an image model mostly has to teach those (Make-A-Video section 3.2)
     temporal_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
@@ -145,8 +146,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if cfg.init_pack and not resume:
         _load_from_pack(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
-    temporal = [p for n, p in model.named_parameters() if "temporal" in n]
-    others = [p for n, p in model.named_parameters() if "temporal" not in n]
+    from mavcli.models.unet import ADDED_MODULES
+
+    def is_new(name: str) -> bool:  # temporal layers, and modules added over a trained network
+        return "temporal" in name or name.startswith(ADDED_MODULES)
+
+    temporal = [p for n, p in model.named_parameters() if is_new(n)]
+    others = [p for n, p in model.named_parameters() if not is_new(n)]
     groups = [{"params": others, "mult": 1.0}]
     if temporal:
         groups.append({"params": temporal, "mult": cfg.temporal_lr_mult})

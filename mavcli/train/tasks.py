@@ -27,7 +27,7 @@ from einops import rearrange
 
 from mavcli.diffusion import CosineSchedule, diffusion_loss
 from mavcli.errors import UserInputError
-from mavcli.models.blocks import resize_frames
+from mavcli.models.blocks import interp_conditioning, resize_frames
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.models.presets import preset_configs
 from mavcli.models.prior import EMBED_SCALE, Prior
@@ -207,6 +207,7 @@ class Task:
                               text_emb=pooled, context=tokens, context_mask=mask)
 
     def _decoder_cond(self, model, images_for_emb, captions, indices, device):
+        model = getattr(model, "module", model)  # the network itself under DDP, for its null embeddings
         emb = self._image_emb(images_for_emb.to(device))
         if captions is None:  # uncaptioned video: the null text token (as in guidance)
             ctx = model.null_context.detach()
@@ -258,8 +259,8 @@ class Task:
         mode = per_sample(lambda g: torch.randint(6, (), generator=g), self.seed, indices, 600)
         known[mode == 0, n - 1] = False
         known[mode == 1, 0] = False
-        mask = known.to(device, video.dtype)[:, None, :, None, None].expand(b, 1, n, *video.shape[-2:])
-        extra = torch.cat([video * mask, mask], dim=1)
+        extra = interp_conditioning(video, known, s.interp_prefill)
+        mask = extra[:, -1:]
         t, noise, _ = self._draws(indices, video.shape[1:], device)
         return diffusion_loss(model, video, self.schedule, t=t, noise=noise, loss_mask=1 - mask,
                               extra=extra, frame_skip=torch.full((b,), float(skip), device=device),

@@ -39,6 +39,9 @@ class PackSettings:
     frame_skip: int = 4  # F_i fills (frame_skip - 1) frames between keyframes
     interp_window: int = 3  # keyframes per F_i window (as trained)
     interp_start: float = 1.0  # < 1: F_i starts from the linear blend noised to this time (SDEdit)
+    # F_i's conditioning shows the unknown frames as the linear blend of their known neighbours
+    # (False: zeroed, as the paper masks them)
+    interp_prefill: bool = False
     sr_video_size: int = 64  # SR_l^t output
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"
@@ -51,6 +54,10 @@ class PackSettings:
     # D^t attends to the text encoder's word embeddings too, not only its output states
     # (TextEncoder.word_tokens): how motion words reach the keyframe decoder
     decoder_word_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.interp_start <= 1.0:
+            raise ValueError(f"interp_start must be in (0, 1] (1: F_i starts from pure noise), got {self.interp_start}")
 
 
 @dataclass
