@@ -15,6 +15,7 @@ from mavcli.models.text import ImageEncoder, TextEncoder
 from mavcli.train.checkpoint import read_checkpoint
 from mavcli.train.loop import TrainConfig, train
 from mavcli.train.tasks import TRAIN_STAGES, ClipPair, Task, shapes_tokenizer
+from mavcli.weights.pack import load_pack
 
 TOKENIZER = shapes_tokenizer()
 
@@ -159,6 +160,28 @@ def test_export_load_generate(tmp_path):
     _, packed = read_network(pack / "sr_video.safetensors")
     moved = [(t0["model/" + k] - v.float()).abs().max().item() for k, v in packed.items()]
     assert max(moved) < 0.01  # one small step away from the pack's weights, not a fresh network
+
+    # one stage retrained over a base pack: the base's networks and settings, except how the
+    # retrained F_i is conditioned and sampled, which follows the preset it was trained with
+    import json
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(pack, base)
+    index = json.loads((base / "pack.json").read_text())
+    index["settings"].update(fps=3.0, interp_prefill=False, interp_start=0.5,
+                             steps={**index["settings"]["steps"], "interpolation": 7, "prior": 5})
+    (base / "pack.json").write_text(json.dumps(index))
+    only_fi = tmp_path / "only_fi"
+    shutil.copytree(runs / "interpolation", only_fi / "interpolation")
+    mixed = load_pack(export_pack(only_fi, tmp_path / "mixed", preset="tiny", base=base))
+    _, preset = preset_configs("tiny", 10)
+    assert mixed.settings.fps == 3.0 and mixed.settings.steps["prior"] == 5
+    assert (mixed.settings.interp_prefill, mixed.settings.interp_start) == (preset.interp_prefill, preset.interp_start)
+    assert mixed.settings.steps["interpolation"] == preset.steps["interpolation"] != 7
+    base_pack = load_pack(base)
+    assert torch.equal(mixed["keyframes"].state_dict()["out_conv.spatial_conv.weight"],
+                       base_pack["keyframes"].state_dict()["out_conv.spatial_conv.weight"])
 
 
 def test_real_data_folders_train_every_kind_of_stage(tmp_path):

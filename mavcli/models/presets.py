@@ -32,7 +32,11 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
         # SR trains on 32x32 crops; the decoder reads motion words from the word embeddings; F_i
         # sees the blend of the known frames where frames are missing
-        settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True)
+        # F_i refines the blend from t = 0.1 (SDEdit): measured, it keeps the shapes that sampling
+        # from pure noise loses (README, "The shipped pack")
+        settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True,
+                                interp_start=0.1,
+                                steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 8, "sr_image": 8})
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),

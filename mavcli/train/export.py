@@ -79,8 +79,9 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
         follow = {}
         if retrained("keyframes"):
             follow["decoder_word_tokens"] = settings.decoder_word_tokens
-        if retrained("interpolation"):
-            follow["interp_prefill"] = settings.interp_prefill
+        if retrained("interpolation"):  # how F_i is conditioned and sampled
+            follow.update(interp_prefill=settings.interp_prefill, interp_start=settings.interp_start,
+                          steps={**base_pack.settings.steps, "interpolation": settings.steps["interpolation"]})
         settings = dataclasses.replace(base_pack.settings, **follow)
     pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)
