@@ -16,6 +16,13 @@ from mavcli.cli.loading import open_pipeline
 from mavcli.errors import UserInputError
 
 
+def check_choices(option: str, values, allowed) -> None:
+    """A clear error for the first value of a repeatable option that is not one of `allowed`."""
+    for v in values:
+        if v not in allowed:
+            raise UserInputError(f"{option} {v!r}: choose from {', '.join(allowed)}")
+
+
 def register(app: typer.Typer) -> None:
     eval_app = typer.Typer(help="Measure quality: shapes prompts judged from pixels, frame interpolation of real clips.", no_args_is_help=True)
 
@@ -39,12 +46,8 @@ def register(app: typer.Typer) -> None:
             from mavcli.data.shapes import BACKGROUNDS, HELD_OUT, MOTIONS, parse_caption
             from mavcli.eval.shapes_eval import default_prompts, run_shapes_eval, write_report
 
-            for m in motions:
-                if m not in MOTIONS:
-                    raise UserInputError(f"--motion {m!r}: choose from {', '.join(MOTIONS)}")
-            for b in backgrounds:
-                if b not in BACKGROUNDS:
-                    raise UserInputError(f"--background {b!r}: choose from {', '.join(BACKGROUNDS)}")
+            check_choices("--motion", motions, MOTIONS)
+            check_choices("--background", backgrounds, BACKGROUNDS)
             if stop_after is not None and stop_after not in ("keyframes", "interpolation", "sr_video"):
                 raise UserInputError(f"--stop-after {stop_after!r}: choose keyframes, interpolation or sr_video")
             if prompts_file is not None:
@@ -110,12 +113,8 @@ def register(app: typer.Typer) -> None:
 
             tasks = list(dict.fromkeys(tasks or TASKS))
             names = list(dict.fromkeys(methods or INTERP_METHODS))
-            for t in tasks:
-                if t not in TASKS:
-                    raise UserInputError(f"--task {t!r}: choose from {', '.join(TASKS)}")
-            for m in names:
-                if m not in INTERP_METHODS:
-                    raise UserInputError(f"--method {m!r}: choose from {', '.join(INTERP_METHODS)}")
+            check_choices("--task", tasks, TASKS)
+            check_choices("--method", names, INTERP_METHODS)
             if height < 0 or 0 < height < 16:
                 raise UserInputError(f"--height {height}: use 16 or more, or 0 to keep each clip's size")
             if not 0.0 <= start < 1.0:
