@@ -198,8 +198,8 @@ class MakeAVideoPipeline:
         net = self.pack["interpolation"]
         steps, guidance = self._option(steps, "interpolation", "steps"), self._option(guidance, "interpolation", "guidance")
         b, _, n, h, w = video.shape
-        mask = known.to(self.device, video.dtype).view(1, 1, n, 1, 1).expand(b, 1, n, h, w)
-        extra = interp_conditioning(video, known, self.settings.interp_prefill)
+        extra = interp_conditioning(video, known.to(self.device), self.settings.interp_prefill)
+        mask = extra[:, -1:]
         kwargs = dict(cond or {})
         kwargs["extra"] = extra
         if net.config.skip_cond:

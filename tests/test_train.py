@@ -97,6 +97,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_temporal_lr_mult_scales_temporal_layers_and_the_added_text_pool(tmp_path):
+    """--temporal-lr-mult 0 freezes the temporal layers and the decoder's text pool (zero at
+    init) while the other weights still train. Three steps: zero-initialised outputs (the U-Net's
+    last conv, each residual branch) pass gradients upstream only once they have moved."""
+    enc = str(train(TrainConfig(stage="clip", preset="tiny", steps=1, batch_size=2, ckpt_every=1, out=str(tmp_path / "clip"))))
+    runs = {}
+    for mult in (0.0, 5.0):
+        path = train(TrainConfig(stage="keyframes", preset="tiny", steps=3, batch_size=2, ckpt_every=3, warmup=1,
+                                 encoders=enc, temporal_lr_mult=mult, out=str(tmp_path / f"m{mult}")))
+        runs[mult] = _weights(path)
+    frozen, moved = runs[0.0], runs[5.0]
+    pool = "model/context_pool.out.weight"
+    assert frozen[pool].abs().max() == 0 and moved[pool].abs().max() > 0
+    temporal = [k for k in frozen if k.startswith("model/") and "temporal" in k]
+    assert temporal and any(not torch.equal(frozen[k], moved[k]) for k in temporal)
+    assert frozen["model/out_conv.spatial_conv.weight"].abs().max() > 0  # zero at init: spatial weights train
+
+
 def _ddp_worker(rank, world, port, out, stage, encoders):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)

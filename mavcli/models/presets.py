@@ -31,9 +31,9 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
         sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
         # SR trains on 32x32 crops; the decoder reads motion words from the word embeddings; F_i
-        # sees the blend of the known frames where frames are missing
-        # F_i refines the blend from t = 0.1 (SDEdit): measured, it keeps the shapes that sampling
-        # from pure noise loses (README, "The shipped pack")
+        # sees missing frames as the blend of their known neighbours and refines that blend from
+        # t = 0.1 (SDEdit): measured, it keeps the shapes that sampling from pure noise loses
+        # (README, "The shipped pack")
         settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True,
                                 interp_start=0.1,
                                 steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 8, "sr_image": 8})

@@ -151,11 +151,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     def is_new(name: str) -> bool:  # temporal layers, and modules added over a trained network
         return "temporal" in name or name.startswith(ADDED_MODULES)
 
-    temporal = [p for n, p in model.named_parameters() if is_new(n)]
+    new = [p for n, p in model.named_parameters() if is_new(n)]
     others = [p for n, p in model.named_parameters() if not is_new(n)]
     groups = [{"params": others, "mult": 1.0}]
-    if temporal:
-        groups.append({"params": temporal, "mult": cfg.temporal_lr_mult})
+    if new:
+        groups.append({"params": new, "mult": cfg.temporal_lr_mult})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     out = run_dir(cfg)
     last = out / "last.safetensors"
