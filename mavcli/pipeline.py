@@ -197,7 +197,7 @@ class MakeAVideoPipeline:
         """
         net = self.pack["interpolation"]
         steps, guidance = self._option(steps, "interpolation", "steps"), self._option(guidance, "interpolation", "guidance")
-        b, _, n, h, w = video.shape
+        b, h = video.shape[0], video.shape[3]
         extra = interp_conditioning(video, known.to(self.device), self.settings.interp_prefill)
         mask = extra[:, -1:]
         kwargs = dict(cond or {})
