@@ -92,6 +92,30 @@ def test_context_pool_starts_as_a_no_op_then_carries_unmasked_tokens_without_cro
     torch.testing.assert_close(new(x, t, cond=cond, context=masked, context_mask=mask), base)
 
 
+def test_frame_position_starts_as_a_no_op_then_tells_frames_apart_by_their_place_in_the_clip():
+    torch.manual_seed(0)
+    image = randomise(SpaceTimeUnet(UnetConfig(**TINY, temporal=False, cond_dim=6)))
+    video = inflate_unet(image, frame_pos_cond=True)
+    t, cond = torch.rand(1), torch.randn(1, 6)
+    frame = torch.randn(1, 3, 8, 8)
+    def clip(f):  # a still clip: with identity temporal layers only the frame position can differ
+        return video(frame[:, :, None].expand(-1, -1, f, -1, -1).contiguous(), t, cond=cond)
+    per_frame_image = image(frame, t, cond=cond)
+    torch.testing.assert_close(clip(3)[:, :, 1], per_frame_image)  # zero-initialised: no effect yet
+    randomise(video.temporal_frame_pos, std=0.2)
+    three, five = clip(3), clip(5)
+    assert (three[:, :, 0] - three[:, :, 2]).abs().max() > 1e-3  # first and last frame now differ
+    # the position is the fraction of the clip elapsed, whatever the frame count
+    for a, b in ((0, 0), (1, 2), (2, 4)):
+        torch.testing.assert_close(three[:, :, a], five[:, :, b])
+    # images and time-off videos have no frame position
+    torch.testing.assert_close(video(frame, t, cond=cond), per_frame_image)
+    off = video(frame[:, :, None].expand(-1, -1, 3, -1, -1).contiguous(), t, cond=cond, enable_time=False)
+    torch.testing.assert_close(off[:, :, 2], per_frame_image)
+    with pytest.raises(ValueError, match="frame-position"):
+        UnetConfig(**TINY, temporal=False, frame_pos_cond=True)
+
+
 def test_safetensors_round_trip_bit_identical(tmp_path):
     torch.manual_seed(0)
     net = randomise(SpaceTimeUnet(UnetConfig(**TINY, cond_dim=6, temporal_ema=True))).eval()

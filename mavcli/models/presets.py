@@ -44,7 +44,9 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         }
     else:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'shapes'")
-    # the decoder also pools the text into its time embedding: motion direction is a global fact
+    # the decoder also pools the text into its time embedding: motion direction is a global fact.
+    # (frame_pos_cond, each frame's place in the clip, was tried on top: 900 steps from v3 left
+    # the sampled motion as independent of the direction word as before, so it is off here)
     configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, context_pool_heads=4, fps_cond=True)
     # F_i sees no text: frames, mask, frame skip and fps say all it needs, and the same network
     # then serves real footage, which has no caption

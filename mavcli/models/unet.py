@@ -10,6 +10,8 @@ downsampled, so any frame count works. Conditioning:
   - `context` `(b, m, context_dim)` + `context_mask` `(b, m)`: text tokens, by cross-attention
     and, with `context_pool_heads`, also attention-pooled into the time embedding;
   - `fps` / `frame_skip` `(b,)`: video conditioning (section 3.2 and 3.3), videos only;
+  - with `frame_pos_cond`, each frame's place in the clip (0 first .. 1 last), embedded and
+    added to that frame's time embedding, videos only (needs no input);
   - `extra` `(b, extra_in_channels, [f,] h, w)`: channels concatenated to the input (masked
     frames + mask for interpolation, an upsampled low-resolution video for super-resolution);
   - `drop_cond` `(b,)` bool: replace cond and context by learned null embeddings
@@ -35,7 +37,7 @@ from mavcli.nn.norm import group_norm
 
 # modules a later config adds whose output starts at zero: a network trained without them loads
 # into one with them (`--init-pack`) and computes the same function until they train
-ADDED_MODULES = ("context_pool.",)
+ADDED_MODULES = ("context_pool.", "temporal_frame_pos.")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class UnetConfig:
     context_pool_heads: int = 0  # > 0: the text tokens also pooled into the time embedding
     fps_cond: bool = False
     skip_cond: bool = False
+    # each frame's place in the clip added to its time embedding: rotary time attention and
+    # temporal convolutions see only frame offsets, so without it the frames of a clip are
+    # interchangeable and "moving left" cannot say where the object is in frame 0 vs frame 7
+    frame_pos_cond: bool = False
     guidance_null: bool = True
     dropout: float = 0.0
 
@@ -72,8 +78,8 @@ class UnetConfig:
             )
         if self.dim < 1 or self.blocks_per_level < 1 or not self.dim_mults:
             raise ValueError("dim, blocks_per_level and dim_mults must be positive and non-empty")
-        if (self.fps_cond or self.skip_cond) and not self.temporal:
-            raise ValueError("fps / frame-skip conditioning needs temporal=True (it only applies to video)")
+        if (self.fps_cond or self.skip_cond or self.frame_pos_cond) and not self.temporal:
+            raise ValueError("fps / frame-skip / frame-position conditioning needs temporal=True (it only applies to video)")
 
     @property
     def size_multiple(self) -> int:
@@ -107,7 +113,8 @@ class SpaceTimeUnet(nn.Module):
         # video-only conditioning; zero-initialised output so an inflated image U-Net is unchanged
         self.temporal_fps = ScalarEmbedding(emb_dim) if c.fps_cond else None
         self.temporal_skip = ScalarEmbedding(emb_dim) if c.skip_cond else None
-        for emb in (self.temporal_fps, self.temporal_skip):
+        self.temporal_frame_pos = ScalarEmbedding(emb_dim, scale=1000.0) if c.frame_pos_cond else None
+        for emb in (self.temporal_fps, self.temporal_skip, self.temporal_frame_pos):
             if emb is not None:
                 nn.init.zeros_(emb.mlp[-1].weight)
                 nn.init.zeros_(emb.mlp[-1].bias)
@@ -216,6 +223,9 @@ class SpaceTimeUnet(nn.Module):
             if self.temporal_skip is not None:
                 emb = emb + self.temporal_skip(self._scalar(frame_skip, b, "frame_skip", x))
         emb = per_frame(emb, frames)
+        if time_on and self.temporal_frame_pos is not None:
+            pos = torch.arange(frames, device=x.device, dtype=torch.float32) / max(frames - 1, 1)
+            emb = emb + repeat(self.temporal_frame_pos(pos), "f d -> (b f) d", b=b)
         fr = frames if time_on else None  # None turns every temporal part off
 
         def attend(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -292,7 +302,7 @@ def _rep(t: torch.Tensor | None, frames: int) -> torch.Tensor | None:
 def inflate_unet(image_unet: SpaceTimeUnet, **changes) -> SpaceTimeUnet:
     """2-D -> 3-D (section 3.2): a video U-Net with the image U-Net's spatial weights copied
     exactly and every temporal layer at the identity; `changes` may turn on video-only
-    options (fps_cond, skip_cond, temporal_ema, causal_time). On a video, the result at this
+    options (fps_cond, skip_cond, frame_pos_cond, temporal_ema, causal_time). On a video, the result at this
     point equals the image U-Net applied frame by frame."""
     config = dataclasses.replace(image_unet.config, temporal=True, **changes)
     video = SpaceTimeUnet(config).to(next(image_unet.parameters()).device)

@@ -120,12 +120,12 @@ class Task:
         if self.stage == "prior":
             return Prior(c["prior"])
         if self.stage == "keyframes_image":
-            return SpaceTimeUnet(dataclasses.replace(c["keyframes"], temporal=False, fps_cond=False))
+            return SpaceTimeUnet(dataclasses.replace(c["keyframes"], temporal=False, fps_cond=False, frame_pos_cond=False))
         if self.stage == "flow_interpolation":
             return FlowInterpNet(FLOW_INTERP_CONFIGS[self.preset])
         if self.stage == "keyframes":
             if init_from is not None:  # the paper's recipe: image model first, then add time
-                return inflate_unet(init_from, fps_cond=c["keyframes"].fps_cond)
+                return inflate_unet(init_from, fps_cond=c["keyframes"].fps_cond, frame_pos_cond=c["keyframes"].frame_pos_cond)
             return SpaceTimeUnet(c["keyframes"])
         return SpaceTimeUnet(c[self.stage])
 
