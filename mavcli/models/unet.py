@@ -65,8 +65,8 @@ class UnetConfig:
     fps_cond: bool = False
     skip_cond: bool = False
     # each frame's place in the clip added to its time embedding: rotary time attention and
-    # temporal convolutions see only frame offsets, so without it the frames of a clip are
-    # interchangeable and "moving left" cannot say where the object is in frame 0 vs frame 7
+    # temporal convolutions see frame offsets, and the clip's ends only through padding, so
+    # without it "moving left" has no direct way to say where the object is in frame 0 vs 7
     frame_pos_cond: bool = False
     guidance_null: bool = True
     dropout: float = 0.0
@@ -302,8 +302,8 @@ def _rep(t: torch.Tensor | None, frames: int) -> torch.Tensor | None:
 def inflate_unet(image_unet: SpaceTimeUnet, **changes) -> SpaceTimeUnet:
     """2-D -> 3-D (section 3.2): a video U-Net with the image U-Net's spatial weights copied
     exactly and every temporal layer at the identity; `changes` may turn on video-only
-    options (fps_cond, skip_cond, frame_pos_cond, temporal_ema, causal_time). On a video, the result at this
-    point equals the image U-Net applied frame by frame."""
+    options (fps_cond, skip_cond, frame_pos_cond, temporal_ema, causal_time). On a video, the
+    result at this point equals the image U-Net applied frame by frame."""
     config = dataclasses.replace(image_unet.config, temporal=True, **changes)
     video = SpaceTimeUnet(config).to(next(image_unet.parameters()).device)
     missing, unexpected = video.load_state_dict(image_unet.state_dict(), strict=False)
