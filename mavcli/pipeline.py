@@ -167,24 +167,55 @@ class MakeAVideoPipeline:
 
     @torch.no_grad()
     def keyframes(self, image_emb, tokens, mask, *, seed: int, num_frames=None, fps=None, steps=None,
-                  guidance=None, sampler=None, callback: ProgressCallback | None = None) -> torch.Tensor:
-        """D^t: image embedding (+ text tokens, fps) -> keyframes `(b, 3, k, s, s)`."""
+                  guidance=None, sampler=None, candidates: int | None = None, matcher_guidance: float | None = None,
+                  callback: ProgressCallback | None = None) -> torch.Tensor:
+        """D^t: image embedding `(b, e)` (+ D^t's text context `(b, m, d)`, fps) -> keyframes
+        `(b, 3, k, s, s)`.
+
+        With the pack's matcher (models/matcher.py): `candidates` > 1 samples that many clips
+        per prompt in one batch and keeps the one the matcher scores highest against the
+        prompt (candidate 0 is the clip `candidates=1` makes); `matcher_guidance` > 0 also
+        steers every step along the gradient of the matcher's score (classifier guidance).
+        Defaults: the pack's `keyframe_candidates` and `matcher_guidance`."""
         net = self.pack["keyframes"]
         k = num_frames or self.settings.keyframes
         size = self.settings.keyframe_size
         fps = fps or self.settings.fps
         steps, guidance = self._option(steps, "keyframes", "steps"), self._option(guidance, "keyframes", "guidance")
+        n = self.settings.keyframe_candidates if candidates is None else int(candidates)
+        g_match = self.settings.matcher_guidance if matcher_guidance is None else float(matcher_guidance)
+        if n < 1:
+            raise UserInputError(f"candidates must be >= 1, got {n}")
+        if g_match < 0:
+            raise UserInputError(f"matcher guidance must be >= 0, got {g_match}")
+        matcher = None
+        if n > 1 or g_match > 0:
+            if "matcher" not in self.pack.networks:
+                raise PackError("this pack has no matcher network to rank or steer keyframe samples; "
+                                "use candidates 1 and matcher guidance 0 (--candidates 1)")
+            matcher = self.pack["matcher"]
+        b = image_emb.shape[0]
         gen = self._generator(seed, "keyframes")
-        x = self._noise((image_emb.shape[0], 3, k, size, size), gen)
-        cond = {"cond": image_emb}
+        # candidate-major, so candidate 0 draws the noise a single sample would
+        x = self._noise((n * b, 3, k, size, size), gen)
+        cond = {"cond": image_emb.repeat(n, 1)}
         if net.config.context_dim:
-            cond.update(context=tokens, context_mask=mask)
+            cond.update(context=tokens.repeat(n, 1, 1), context_mask=mask.repeat(n, 1))
         if net.config.fps_cond:
             cond["fps"] = torch.full((x.shape[0],), float(fps), device=self.device)
+        schedule = self._schedule(size)
         model = guided(net, guidance, **cond)
+        if g_match > 0:
+            model = _matcher_steered(model, matcher, g_match, schedule, tokens.repeat(n, 1, 1), mask.repeat(n, 1))
         with self._autocast():
-            return sample(model, x, steps, schedule=self._schedule(size), sampler=sampler or self.settings.sampler,
-                          generator=gen, callback=_stage_cb(callback, "keyframes")).float()
+            video = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
+                           generator=gen, callback=_stage_cb(callback, "keyframes")).float()
+        if n == 1:
+            return video
+        score = matcher.score(video, torch.zeros(n * b, device=self.device), tokens.repeat(n, 1, 1), mask.repeat(n, 1))
+        best = rearrange(score.float(), "(n b) -> b n", n=n).argmax(dim=1)
+        video = rearrange(video, "(n b) c f h w -> b n c f h w", n=n)
+        return video[torch.arange(b, device=self.device), best]
 
     @torch.no_grad()
     def fill_frames(self, video: torch.Tensor, known: torch.Tensor, *, frame_skip: float, fps: float, seed: int,
@@ -370,10 +401,12 @@ class MakeAVideoPipeline:
     def __call__(self, prompt: str, *, seed: int | None = None, num_keyframes: int | None = None,
                  fps: float | None = None, frame_skip: int | None = None, steps: dict | int | None = None,
                  guidance: dict | float | None = None, sampler: str | None = None,
-                 callback: ProgressCallback | None = None, stop_after: str | None = None) -> VideoOutput:
+                 callback: ProgressCallback | None = None, stop_after: str | None = None,
+                 candidates: int | None = None, matcher_guidance: float | None = None) -> VideoOutput:
         """Prompt -> video through every stage. `steps` / `guidance`: one value for every
         stage or a dict per stage (prior, keyframes, interpolation, sr_video, sr_image).
-        `stop_after` ends the cascade early at a stage (keyframes, interpolation, sr_video)."""
+        `stop_after` ends the cascade early at a stage (keyframes, interpolation, sr_video).
+        `candidates` / `matcher_guidance`: see `keyframes` (default: the pack's)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserInputError("the prompt is empty; describe the video, e.g. 'a red circle moving left on a black background'")
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -397,7 +430,8 @@ class MakeAVideoPipeline:
         tokens, mask, pooled, unknown = timed("text_encoder", self.encode_prompt, [prompt])
         emb = timed("prior", self.prior, tokens, mask, pooled, seed=seed, **opts)
         dec_tokens, dec_mask = self.decoder_context([prompt], tokens, mask)
-        video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps, **opts)
+        video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps,
+                      candidates=candidates, matcher_guidance=matcher_guidance, **opts)
         out_fps = fps
         if stop_after != "keyframes":
             fi = self.pack["interpolation"]
@@ -414,6 +448,23 @@ class MakeAVideoPipeline:
         if stop_after is None:
             video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
         return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
+
+
+def _matcher_steered(model, matcher, scale: float, schedule: CosineSchedule, context, context_mask):
+    """Classifier guidance (Dhariwal & Nichol 2021) by the matcher's score s(x_t, t, text):
+    v' = v - scale * sigma_t * grad_x s, i.e. the clean estimate moves by scale * sigma_t^2 *
+    grad_x s, a step that vanishes as the noise does."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = model(x, t)
+        with torch.enable_grad():
+            xg = x.detach().float().requires_grad_(True)
+            score = matcher.score(xg, t, context, context_mask).sum()
+            (grad,) = torch.autograd.grad(score, xg)
+        _, sigma = schedule.alpha_sigma(t.cpu())
+        return v - scale * sigma.to(x.device).view(-1, 1, 1, 1, 1).to(v.dtype) * grad.to(v.dtype)
+
+    return fn
 
 
 def _null_inputs(net, b: int, device) -> dict:

@@ -196,3 +196,34 @@ def test_installed_executable_generates(tiny_pack_dir, tmp_path):
     assert read_video(out).frames.shape[0] > 1
     proc = subprocess.run([exe, "generate", "", "--pack", str(tiny_pack_dir)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_shapes_candidates_rank_by_the_matcher_and_bad_values_are_refused(tiny_pack_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\na blue square moving up on a white background\n")
+    reports = {}
+    for n in ("1", "6"):
+        out = tmp_path / f"eval-{n}.json"
+        r = run("eval", "shapes", "--pack", str(tiny_pack_dir), "--prompts", str(prompts), "--stop-after", "keyframes",
+                "--candidates", n, "--out", str(out), "-q")
+        assert r.exit_code == 0, r.output
+        reports[n] = json.loads(out.read_text())
+        assert [v["prompt"] for v in reports[n]["videos"]] == prompts.read_text().split("\n")[:2]
+    # the option reaches the pipeline: each row judges the keyframes the API ranks for that seed
+    from mavcli import MakeAVideoPipeline
+    from mavcli.eval.shapes_metrics import evaluate_clip
+
+    pipe = MakeAVideoPipeline.from_pretrained(tiny_pack_dir)
+    for n, report in reports.items():
+        row = report["videos"][1]
+        expected = evaluate_clip(pipe(row["prompt"], seed=row["seed"], stop_after="keyframes", candidates=int(n)).frames,
+                                 row["prompt"])
+        assert json.loads(json.dumps(expected, default=lambda v: v.tolist())) == {k: row[k] for k in expected}
+    # (and ranking changed the clip for at least one of the two seeds here, so the check can fail)
+    assert any(not np.array_equal(pipe(v["prompt"], seed=v["seed"], stop_after="keyframes").frames,
+                                  pipe(v["prompt"], seed=v["seed"], stop_after="keyframes", candidates=6).frames)
+               for v in reports["6"]["videos"])
+    for bad, msg in ((("--candidates", "0"), "--candidates must be >= 1"), (("--matcher-guidance", "-1"), "--matcher-guidance must be >= 0")):
+        r = run("eval", "shapes", "--pack", str(tiny_pack_dir), "--prompts", str(prompts), *bad, "--out", str(tmp_path / "x.json"))
+        assert r.exit_code == 2 and msg in r.output
+        assert not (tmp_path / "x.json").exists()

@@ -233,3 +233,33 @@ def test_real_data_folders_train_every_kind_of_stage(tmp_path):
     (images / "stray.png").write_bytes((images / "0.png").read_bytes())
     with pytest.raises(UserInputError, match="stray.png"):
         train(TrainConfig(stage="clip", **{**common, "out": str(tmp_path / "other")}))
+
+
+def test_image_mix_trains_the_keyframe_decoder_on_images_and_leaves_its_temporal_layers_alone():
+    k = preset_configs("tiny", len(TOKENIZER.vocab))[1].keyframes
+    task = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders(), image_mix=0.5)
+    steps = [task.image_step(s) for s in range(200)]
+    assert 70 < sum(steps) < 130  # about half, and a pure function of (seed, step)
+    assert steps == [task.image_step(s) for s in range(200)]
+    assert not any(Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders()).image_step(s) for s in range(50))
+    image, video = steps.index(True), steps.index(False)
+    torch.manual_seed(0)
+    model = task.build_model()
+    indices = [3, 5]
+    # an image step is the image decoder's loss on batch x keyframes images
+    expected = task._loss_keyframes_image(model, [i * k + j for i in indices for j in range(k)], image, torch.device("cpu"))
+    loss = task.loss(model, indices, image, torch.device("cpu"))
+    assert torch.equal(loss, expected)
+    loss.backward()
+    temporal = {n: p.grad for n, p in model.named_parameters() if "temporal" in n}
+    assert temporal and all(g is None or not g.any() for g in temporal.values())
+    assert any(p.grad is not None and p.grad.any() for n, p in model.named_parameters() if "temporal" not in n)
+    model.zero_grad(set_to_none=True)
+    task.loss(model, indices, video, torch.device("cpu")).backward()  # a clip step reaches them
+    assert any(p.grad is not None and p.grad.any() for n, p in model.named_parameters() if "temporal" in n)
+    with pytest.raises(UserInputError, match="keyframes only"):
+        TrainConfig(stage="sr_video", image_mix=0.5)
+    with pytest.raises(UserInputError, match="needs --images"):
+        TrainConfig(stage="keyframes", image_mix=0.5, videos="clips")
+    with pytest.raises(UserInputError, match=r"\[0, 1\)"):
+        TrainConfig(stage="keyframes", image_mix=1.0)

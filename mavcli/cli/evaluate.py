@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("eval-shapes.json"), "--out", "-o", help="Where to write the JSON report."),
         save_videos: Optional[Path] = typer.Option(None, "--save-videos", help="Also write every video into this folder."),
         stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Judge an early stage's frames instead: keyframes, interpolation or sr_video (tells which stage loses a fact)."),
+        candidates: Optional[int] = typer.Option(None, "--candidates", help="Keyframe clips sampled per video, the best kept by the pack's matcher (default: the pack's)."),
+        matcher_guidance: Optional[float] = typer.Option(None, "--matcher-guidance", help="Steer keyframe sampling by the matcher's gradient (default: the pack's; 0 is off)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
@@ -50,6 +52,10 @@ def register(app: typer.Typer) -> None:
             check_choices("--background", backgrounds, BACKGROUNDS)
             if stop_after is not None and stop_after not in ("keyframes", "interpolation", "sr_video"):
                 raise UserInputError(f"--stop-after {stop_after!r}: choose keyframes, interpolation or sr_video")
+            if candidates is not None and candidates < 1:
+                raise UserInputError("--candidates must be >= 1 (1: no ranking)")
+            if matcher_guidance is not None and matcher_guidance < 0:
+                raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
             if prompts_file is not None:
                 try:
                     prompts = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
@@ -77,7 +83,7 @@ def register(app: typer.Typer) -> None:
                     progress.update(task, completed=i, last=f"{mark}: {row['prompt']}")
 
                 report = run_shapes_eval(pipe, prompts, seed=seed, steps=steps, on_video=on_video, save_dir=save_videos,
-                                         stop_after=stop_after)
+                                         stop_after=stop_after, candidates=candidates, matcher_guidance=matcher_guidance)
             stage = f", after {stop_after}" if stop_after else ""
             table = Table(title=f"mav eval shapes: {report.prompts} prompts{stage}, {report.seconds_per_video:.1f} s per video")
             table.add_column("attribute")

@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
         stage_steps: list[str] = typer.Option([], "--stage-steps", help="Per-stage steps, e.g. --stage-steps keyframes=30."),
         guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale for prior and keyframes."),
         stage_guidance: list[str] = typer.Option([], "--stage-guidance", help="Per-stage guidance, e.g. --stage-guidance prior=2."),
+        candidates: Optional[int] = typer.Option(None, "--candidates", help="Keyframe clips sampled per video; the pack's matcher keeps the one that fits the prompt best (default: the pack's)."),
+        matcher_guidance: Optional[float] = typer.Option(None, "--matcher-guidance", help="Steer keyframe sampling along the matcher's gradient by this scale (default: the pack's; 0 is off)."),
         frames: Optional[int] = typer.Option(None, help="Frames in the video (default: the pack's, e.g. 29)."),
         fps: Optional[float] = typer.Option(None, help="Frames per second of the video (default: the pack's)."),
         sampler: Optional[str] = typer.Option(None, help="dpmpp (default), ddim or ddpm."),
@@ -114,6 +116,10 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
+            if candidates is not None and candidates < 1:
+                raise UserInputError("--candidates must be >= 1 (1: no ranking)")
+            if matcher_guidance is not None and matcher_guidance < 0:
+                raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
             if frames is not None and frames < 1:
                 raise UserInputError("--frames must be >= 1")
             if fps is not None and not fps > 0:
@@ -154,13 +160,16 @@ def register(app: typer.Typer) -> None:
                 label = f"[{jobs.index((text, sd)) + 1}/{len(jobs)}] " if multiple else ""
                 with CascadeProgress(label, disable=quiet) as progress:
                     video = pipe(text, seed=sd, num_keyframes=keyframes, fps=key_fps, steps=step_table or None,
-                                 guidance=guide_table or None, sampler=sampler, callback=progress.callback)
+                                 guidance=guide_table or None, sampler=sampler, callback=progress.callback,
+                                 candidates=candidates, matcher_guidance=matcher_guidance)
                 if video.unknown_words:
                     console.warn(f"words this pack does not know (read as unknown): {', '.join(video.unknown_words)}")
                 clip = video.frames if frames is None else video.frames[:frames]
                 meta = {"prompt": text, "seed": sd, "pack": str(pipe.pack.path), "fps": video.fps,
                         "frames": int(clip.shape[0]), "size": list(clip.shape[1:3]), "steps": step_table or s.steps,
                         "guidance": guide_table or s.guidance, "sampler": sampler or s.sampler, "device": str(pipe.device),
+                        "candidates": candidates or s.keyframe_candidates,
+                        "matcher_guidance": s.matcher_guidance if matcher_guidance is None else matcher_guidance,
                         "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}
                 written = write_video(path, clip, video.fps, format=fmt, metadata=meta, overwrite=overwrite)
                 if verbose:

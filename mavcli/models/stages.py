@@ -4,6 +4,7 @@ text and image encoders, by stage name, with the class and config each is built 
 from __future__ import annotations
 
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
+from mavcli.models.matcher import MatcherConfig, VideoTextMatcher
 from mavcli.models.prior import Prior, PriorConfig
 from mavcli.models.text import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from mavcli.models.unet import SpaceTimeUnet, UnetConfig
@@ -16,7 +17,9 @@ STAGES: dict[str, tuple[type, type]] = {
     "interpolation": (SpaceTimeUnet, UnetConfig),  # F_i
     "sr_video": (SpaceTimeUnet, UnetConfig),  # SR_l^t
     "sr_image": (SpaceTimeUnet, UnetConfig),  # SR_h
-    # not a stage of the paper's cascade: the real-footage interpolator, in a pack of its own
+    # not stages of the paper's cascade: the noised video-text matcher that ranks and steers
+    # D^t's samples (optional in a pack), and the real-footage interpolator, in a pack of its own
+    "matcher": (VideoTextMatcher, MatcherConfig),
     "flow_interpolation": (FlowInterpNet, FlowInterpConfig),
 }
 

@@ -25,9 +25,11 @@ SOURCES = {
     "interpolation": ("interpolation", ""),
     "sr_video": ("sr_video", ""),
     "sr_image": ("sr_image", ""),
+    "matcher": ("matcher", ""),
     "flow_interpolation": ("flow_interpolation", ""),
 }
-CASCADE = ("text_encoder", "image_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image")
+CASCADE = ("text_encoder", "image_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image", "matcher")
+OPTIONAL = ("matcher",)  # a cascade pack works without it (no ranking or steering of keyframes)
 
 
 def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", card: str = "",
@@ -52,10 +54,12 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
             if base_pack is not None and stage in base_pack.networks:
                 networks[stage] = base_pack.networks[stage].float()
                 continue
+            if stage in OPTIONAL:
+                continue
             hint = " (or pass --base PACK to keep that pack's network)" if base_pack is None else ""
             raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source}){hint}")
         _, meta, tensors, _ = read_checkpoint(path)
-        if source in ("clip", "prior", "keyframes"):  # the stages that read text share one vocabulary
+        if source in ("clip", "prior", "keyframes", "matcher"):  # the stages that read text share one vocabulary
             if vocab is None:  # the clip stage comes first and defines it
                 vocab = meta["vocab"]
             elif meta["vocab"] != vocab:
@@ -79,6 +83,8 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
         follow = {}
         if retrained("keyframes"):
             follow["decoder_word_tokens"] = settings.decoder_word_tokens
+        if retrained("matcher"):  # how the keyframes use it
+            follow.update(keyframe_candidates=settings.keyframe_candidates, matcher_guidance=settings.matcher_guidance)
         if retrained("interpolation"):  # how F_i is conditioned and sampled
             follow.update(interp_prefill=settings.interp_prefill, interp_start=settings.interp_start,
                           steps={**base_pack.settings.steps, "interpolation": settings.steps["interpolation"]})

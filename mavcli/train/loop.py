@@ -52,12 +52,23 @@ class TrainConfig:
     # (unet.ADDED_MODULES: the decoder's text pool) relative to the rest: video fine-tuning of
     # an image model mostly has to teach those (Make-A-Video section 3.2)
     temporal_lr_mult: float = 1.0
+    # keyframes: the share of steps that train D^t on images instead of clips (joint image-video
+    # training, Ho et al. 2022 "Video Diffusion Models" section 3.2): image input skips every
+    # temporal layer, so these steps sharpen the spatial decoder while the video steps keep motion
+    image_mix: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stage not in TRAIN_STAGES:
             raise UserInputError(f"unknown stage {self.stage!r}; stages are {', '.join(TRAIN_STAGES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise UserInputError("steps and batch size must be >= 1")
+        if not 0.0 <= self.image_mix < 1.0:
+            raise UserInputError(f"image mix must be in [0, 1) (the share of image steps), got {self.image_mix}")
+        if self.image_mix > 0 and self.stage != "keyframes":
+            raise UserInputError("--image-mix applies to stage keyframes only (the other stages train on one kind of data)")
+        if self.image_mix > 0 and self.videos is not None and self.images is None:
+            raise UserInputError("--image-mix with --videos needs --images too: the image steps would otherwise "
+                                 "train on the shapes world")
 
 
 @dataclass
@@ -115,7 +126,8 @@ def build_task(cfg: TrainConfig) -> Task:
     else:
         tokenizer = shapes_tokenizer()
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
-    return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos)
+    return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
+                image_mix=cfg.image_mix)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",

@@ -11,6 +11,8 @@ Stages, in training order:
   interpolation    F_i: masked frame interpolation / extrapolation (frame skip, fps)
   sr_video         SR_l^t: low -> high resolution, all frames together
   sr_image         SR_h: low -> high resolution per frame (spatial only)
+  matcher          the noised video-text matcher (models/matcher.py) that ranks and steers
+                   D^t's samples: noisy keyframes against captions and hard negatives
   flow_interpolation  the real-footage interpolator (models/flowinterp.py): DIS flow refined,
                    on real video windows and synthetic layered motion; its own pack
 """
@@ -29,6 +31,7 @@ from mavcli.diffusion import CosineSchedule, diffusion_loss
 from mavcli.errors import UserInputError
 from mavcli.models.blocks import interp_conditioning, resize_frames
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
+from mavcli.models.matcher import VideoTextMatcher, matcher_loss
 from mavcli.models.presets import preset_configs
 from mavcli.models.prior import EMBED_SCALE, Prior
 from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, clip_loss, with_word_tokens
@@ -38,9 +41,12 @@ INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates wi
 # F_i's windows are a few keyframes of a longer clip: each window shows 1/k of the clip's travel
 # (the shapes pack's 8 keyframes in windows of 3 move about as fast as k = 3.5)
 INTERP_RATE_FACTORS = (2, 3, 4)
+# the matcher judges keyframes as the pipeline makes them (rate 1), and slower views of the same
+# motions so that a short travel still reads as a direction
+MATCHER_RATE_FACTORS = (1, 2)
 
 TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation", "sr_video", "sr_image",
-                "flow_interpolation")
+                "matcher", "flow_interpolation")
 
 # the real-footage interpolator's sizes per preset (not part of a cascade pack)
 FLOW_INTERP_CONFIGS = {"tiny": FlowInterpConfig(widths=(8, 8), head_width=4), "shapes": FlowInterpConfig()}
@@ -94,6 +100,7 @@ class Task:
     encoders: ClipPair | None = None
     images: str | None = None  # a folder of captioned images instead of the shapes world
     videos: str | None = None  # a folder of uncaptioned videos instead of the shapes world
+    image_mix: float = 0.0  # keyframes: the share of steps on images (TrainConfig.image_mix)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
 
     def __post_init__(self) -> None:
@@ -103,11 +110,12 @@ class Task:
             "prior": CosineSchedule(),
             "keyframes_image": CosineSchedule.for_resolution(s.keyframe_size, s.schedule_base),
             "keyframes": CosineSchedule.for_resolution(s.keyframe_size, s.schedule_base),
+            "matcher": CosineSchedule.for_resolution(s.keyframe_size, s.schedule_base),
             "interpolation": CosineSchedule.for_resolution(s.keyframe_size, s.schedule_base),
             "sr_video": CosineSchedule.for_resolution(s.sr_video_size, s.schedule_base),
             "sr_image": CosineSchedule.for_resolution(s.sr_image_size, s.schedule_base),
         }.get(self.stage)
-        if self.stage in ("prior", "keyframes_image", "keyframes") and self.encoders is None:
+        if self.stage in ("prior", "keyframes_image", "keyframes", "matcher") and self.encoders is None:
             raise UserInputError(f"stage {self.stage} needs the trained text/image encoders: pass --encoders runs/clip/last.safetensors")
         if self.encoders is not None:
             self.encoders.eval().requires_grad_(False)
@@ -121,6 +129,8 @@ class Task:
             return Prior(c["prior"])
         if self.stage == "keyframes_image":
             return SpaceTimeUnet(dataclasses.replace(c["keyframes"], temporal=False, fps_cond=False, frame_pos_cond=False))
+        if self.stage == "matcher":
+            return VideoTextMatcher(c["matcher"])
         if self.stage == "flow_interpolation":
             return FlowInterpNet(FLOW_INTERP_CONFIGS[self.preset])
         if self.stage == "keyframes":
@@ -172,6 +182,16 @@ class Task:
             tokens, pooled = self.encoders.text_encoder(ids, mask)
         return tokens, mask, pooled
 
+    def _decoder_text(self, captions, device):
+        """D^t's (and the matcher's) view of captions: the encoder's token states, followed by
+        the word embeddings when the pack says so (as MakeAVideoPipeline.decoder_context)."""
+        tokens, mask, _ = self._text(captions, device)
+        if self.settings.decoder_word_tokens:
+            ids, _, _ = self.tokenizer.batch(captions)
+            with torch.no_grad():
+                tokens, mask = with_word_tokens(self.encoders.text_encoder, ids.to(device), tokens, mask)
+        return tokens, mask
+
     def _image_emb(self, images):
         size = self.configs["image_encoder"].image_size
         with torch.no_grad():
@@ -214,11 +234,7 @@ class Task:
             tokens = ctx.expand(len(indices), 1, ctx.shape[0])
             mask = torch.ones(len(indices), 1, dtype=torch.bool, device=device)
         else:
-            tokens, mask, _ = self._text(captions, device)
-            if self.settings.decoder_word_tokens:  # as MakeAVideoPipeline.decoder_context
-                ids, _, _ = self.tokenizer.batch(captions)
-                with torch.no_grad():
-                    tokens, mask = with_word_tokens(self.encoders.text_encoder, ids.to(device), tokens, mask)
+            tokens, mask = self._decoder_text(captions, device)
         # also drop the image embedding alone now and then, so text tokens can steer by themselves
         only_emb = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 400).to(device)
         emb = torch.where(only_emb[:, None], model.null_cond.detach().expand_as(emb), emb)
@@ -231,8 +247,18 @@ class Task:
         t, noise, drop = self._draws(indices, images.shape[1:], device)
         return diffusion_loss(model, images, self.schedule, t=t, noise=noise, drop=drop, **cond)
 
+    def image_step(self, step: int) -> bool:
+        """Whether `step` of stage keyframes trains on images: a function of (seed, step) only,
+        so every data-parallel rank and a resumed run take the same branch."""
+        return self.image_mix > 0 and float(np.random.default_rng([self.seed, step, 1200]).random()) < self.image_mix
+
     def _loss_keyframes(self, model, indices, step, device):
         s = self.settings
+        if self.image_step(step):
+            # as many images as the clips have frames, so an image step costs about a clip step;
+            # 4-D input: D^t runs as the image decoder, every temporal layer skipped
+            k = s.keyframes
+            return self._loss_keyframes_image(model, [i * k + j for i in indices for j in range(k)], step, device)
         video, captions, fps = self._videos(indices, s.keyframe_size, s.keyframes, (1, 2, 3, 4), s.fps)
         video = video.to(device)
         # the image embedding of one frame of the clip (which one varies with the sample)
@@ -241,6 +267,35 @@ class Task:
         cond = self._decoder_cond(model, frame, captions, indices, device)
         t, noise, drop = self._draws(indices, video.shape[1:], device)
         return diffusion_loss(model, video, self.schedule, t=t, noise=noise, drop=drop, fps=fps.to(device), **cond)
+
+    def _loss_matcher(self, model, indices, step, device):
+        if self.videos is not None or self.images is not None:
+            raise UserInputError("stage matcher learns from captioned video, which only the shapes world provides "
+                                 "here (a --videos folder has no captions); train it without --videos / --images")
+        from mavcli.data.shapes import ShapesVideoDataset, contrast_captions
+
+        s = self.settings
+        ds = ShapesVideoDataset(2**62, frames=s.keyframes, size=s.keyframe_size, seed=self.seed, base_fps=s.fps,
+                                rate_factors=MATCHER_RATE_FACTORS)
+        items = [ds[i] for i in indices]
+        specs = [ds.spec(i) for i in indices]
+        video = torch.stack([it["video"] for it in items]).to(device)
+        negatives = [contrast_captions(sp, np.random.default_rng([self.seed, i, 1100])) for sp, i in zip(specs, indices)]
+        k = len(negatives[0])
+        captions = [it["caption"] for it in items] + [c for neg in negatives for c in neg]
+        tokens, mask = self._decoder_text(captions, device)
+        # the matcher sees keyframes at every noise level the sampler passes through (for
+        # guidance), weighted towards the clean end (t = u^2: a third below 0.1), where it ranks
+        # the finished candidates
+        t, noise, _ = self._draws(indices, video.shape[1:], device)
+        t = t ** 2
+        alpha, sigma = self.schedule.alpha_sigma(t.cpu())
+        x_t = alpha.view(-1, 1, 1, 1, 1).to(device) * video + sigma.view(-1, 1, 1, 1, 1).to(device) * noise
+        video_emb, text_emb, scale = model(x_t, t, tokens, mask)
+        b = len(indices)
+        facts = [tuple(sp.facts().values()) for sp in specs]
+        same = torch.tensor([[a == c for c in facts] for a in facts], device=device)
+        return matcher_loss(video_emb, text_emb[:b], rearrange(text_emb[b:], "(b k) e -> b k e", k=k), scale, same)
 
     def _loss_interpolation(self, model, indices, step, device):
         s = self.settings

@@ -54,8 +54,16 @@ class PackSettings:
     # D^t attends to the text encoder's word embeddings too, not only its output states
     # (TextEncoder.word_tokens): how motion words reach the keyframe decoder
     decoder_word_tokens: bool = False
+    # with a matcher network in the pack (models/matcher.py): sample this many keyframe clips
+    # per prompt and keep the one that fits the prompt best; and steer by its gradient
+    keyframe_candidates: int = 1
+    matcher_guidance: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.keyframe_candidates < 1:
+            raise ValueError(f"keyframe_candidates must be >= 1, got {self.keyframe_candidates}")
+        if self.matcher_guidance < 0:
+            raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
             raise ValueError(f"interp_start must be in (0, 1] (1: F_i starts from pure noise), got {self.interp_start}")
 
