@@ -53,7 +53,7 @@ class TrainConfig:
     # an image model mostly has to teach those (Make-A-Video section 3.2)
     temporal_lr_mult: float = 1.0
     # keyframes: the share of steps that train D^t on images instead of clips (joint image-video
-    # training, Ho et al. 2022 "Video Diffusion Models" section 3.2): image input skips every
+    # training, as in Ho et al. 2022, "Video Diffusion Models"): image input skips every
     # temporal layer, so these steps sharpen the spatial decoder while the video steps keep motion
     image_mix: float = 0.0
 
