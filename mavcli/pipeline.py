@@ -198,21 +198,22 @@ class MakeAVideoPipeline:
         gen = self._generator(seed, "keyframes")
         # candidate-major, so candidate 0 draws the noise a single sample would
         x = self._noise((n * b, 3, k, size, size), gen)
+        tokens, mask = tokens.repeat(n, 1, 1), mask.repeat(n, 1)  # (n b, m, d): each candidate's prompt
         cond = {"cond": image_emb.repeat(n, 1)}
         if net.config.context_dim:
-            cond.update(context=tokens.repeat(n, 1, 1), context_mask=mask.repeat(n, 1))
+            cond.update(context=tokens, context_mask=mask)
         if net.config.fps_cond:
             cond["fps"] = torch.full((x.shape[0],), float(fps), device=self.device)
         schedule = self._schedule(size)
         model = guided(net, guidance, **cond)
         if g_match > 0:
-            model = _matcher_steered(model, matcher, g_match, schedule, tokens.repeat(n, 1, 1), mask.repeat(n, 1))
+            model = _matcher_steered(model, matcher, g_match, schedule, tokens, mask)
         with self._autocast():
             video = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
                            generator=gen, callback=_stage_cb(callback, "keyframes")).float()
         if n == 1:
             return video
-        score = matcher.score(video, torch.zeros(n * b, device=self.device), tokens.repeat(n, 1, 1), mask.repeat(n, 1))
+        score = matcher.score(video, torch.zeros(n * b, device=self.device), tokens, mask)
         best = rearrange(score.float(), "(n b) -> b n", n=n).argmax(dim=1)
         video = rearrange(video, "(n b) c f h w -> b n c f h w", n=n)
         return video[torch.arange(b, device=self.device), best]

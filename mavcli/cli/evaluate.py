@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mavcli.cli import console
-from mavcli.cli.loading import open_pipeline
+from mavcli.cli.loading import check_matcher_options, open_pipeline
 from mavcli.errors import UserInputError
 
 
@@ -52,10 +52,7 @@ def register(app: typer.Typer) -> None:
             check_choices("--background", backgrounds, BACKGROUNDS)
             if stop_after is not None and stop_after not in ("keyframes", "interpolation", "sr_video"):
                 raise UserInputError(f"--stop-after {stop_after!r}: choose keyframes, interpolation or sr_video")
-            if candidates is not None and candidates < 1:
-                raise UserInputError("--candidates must be >= 1 (1: no ranking)")
-            if matcher_guidance is not None and matcher_guidance < 0:
-                raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
+            check_matcher_options(candidates, matcher_guidance)
             if prompts_file is not None:
                 try:
                     prompts = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from mavcli.cli import console
-from mavcli.cli.loading import open_pipeline
+from mavcli.cli.loading import check_matcher_options, open_pipeline
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
 
@@ -116,10 +116,7 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
-            if candidates is not None and candidates < 1:
-                raise UserInputError("--candidates must be >= 1 (1: no ranking)")
-            if matcher_guidance is not None and matcher_guidance < 0:
-                raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
+            check_matcher_options(candidates, matcher_guidance)
             if frames is not None and frames < 1:
                 raise UserInputError("--frames must be >= 1")
             if fps is not None and not fps > 0:

@@ -6,6 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def check_matcher_options(candidates: int | None, matcher_guidance: float | None) -> None:
+    """Clear errors for --candidates / --matcher-guidance before any pack is loaded."""
+    from mavcli.errors import UserInputError
+
+    if candidates is not None and candidates < 1:
+        raise UserInputError("--candidates must be >= 1 (1: no ranking)")
+    if matcher_guidance is not None and matcher_guidance < 0:
+        raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
+
+
 def open_pipeline(pack: str | None, device: str):
     from mavcli.pipeline import MakeAVideoPipeline
 
