@@ -121,7 +121,9 @@ class _SelfQKV(torch.autograd.Function):
         if g is not None:
             if ctx.needs_input_grad[2]:
                 prod = torch.mul(gy, xh, out=scratch.buffer("qk_prod", xh.shape, xh))
-                ggain = prod.sum(dim=(0, 1, 2, 4)).to(ctx.gain_dtype)  # (2, d)
+                # a column sum over the tokens (contiguous rows: one vectorised pass), then over
+                # heads; summing dims (0, 1, 2, 4) directly is a strided reduction, 10x slower
+                ggain = prod.view(-1, 2 * heads * d).sum(0).view(2, heads, d).sum(1).to(ctx.gain_dtype)  # (2, d)
             gy.mul_(g)
         if r is not None:  # RMS norm: gx = r * (gxh - xh * mean(gxh * xh))
             dot = torch.linalg.vecdot(gy, xh, dim=-1).unsqueeze(-1)
