@@ -56,9 +56,10 @@ def test_dis_blend_beats_a_cross_fade_on_motion():
     assert err_dis < 0.5 * err_lin, (err_dis, err_lin)
 
 
-def test_untrained_network_is_exactly_the_dis_baseline_at_any_size():
+@pytest.mark.parametrize("gate", [False, True])
+def test_untrained_network_is_exactly_the_dis_baseline_at_any_size(gate):
     torch.manual_seed(0)
-    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8, 8), head_width=4)).eval()
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8, 8), head_width=4, residual_gate=gate)).eval()
     clip = moving(29, 37, frames=3, dx=2)  # odd, non-square: padded inside, cropped back
     interp = FlowInterpolator(net)
     for t in (0.25, 0.5):
@@ -77,6 +78,25 @@ def test_training_moves_the_network_off_the_baseline_and_gradients_reach_every_h
     assert net.coarse.weight.grad.abs().sum() > 0 and net.rgb.weight.grad.abs().sum() > 0
 
 
+def test_residual_gate_scales_the_residual_per_pixel():
+    torch.manual_seed(0)
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4, residual_gate=True)).eval()
+    torch.nn.init.normal_(net.rgb.weight, std=0.5)  # a residual that is far from zero
+    clip = moving(32, 32, frames=3, dx=2)
+    args = [to_tensor(clip[0]), to_tensor(clip[2]), *DisFlow().pair(clip[0], clip[2]), torch.tensor([0.5])]
+    with torch.no_grad():
+        net.coarse.bias[5] = 0.0
+        half = net(*args)  # gate 0.5 everywhere
+        net.coarse.bias[5] = -30.0
+        off = net(*args)  # gate ~0: the blend alone
+        net.coarse.bias[5] = 30.0
+        full = net(*args)
+    assert (full - off).abs().mean() > 0.05  # the residual is large ...
+    assert torch.allclose(half - off, 0.5 * (full - off), atol=1e-5)  # ... and scaled by the gate
+    blend = dis_blend(clip[0], clip[2], [0.5])[0].astype(int)
+    assert np.abs((off[0].clamp(0, 1) * 255).round().permute(1, 2, 0).numpy().astype(int) - blend).max() <= 1
+
+
 def test_layered_motion_is_exact_at_the_ends_and_deterministic():
     data = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)
     a = data.sample(torch.Generator().manual_seed(5))
@@ -86,6 +106,19 @@ def test_layered_motion_is_exact_at_the_ends_and_deterministic():
     assert a["i0"].shape == a["it"].shape == (3, 48, 48) and a["f01"].shape == (2, 48, 48)
     # something moves: the in-between frame is neither end
     assert (a["it"] - a["i0"]).abs().mean() > 1e-3 and (a["it"] - a["i1"]).abs().mean() > 1e-3
+
+
+def test_layered_motion_static_background_keeps_still_pixels_exact():
+    still = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0, static_background=1.0)
+    moving_bg = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)
+    for seed in range(3):
+        for data, low, high in ((still, 0.5, 1.0), (moving_bg, 0.0, 0.05)):
+            s = data.sample(torch.Generator().manual_seed(seed))
+            same = ((s["i0"] - s["i1"]).abs().amax(0) == 0) & ((s["i0"] - s["it"]).abs().amax(0) == 0)
+            assert low <= same.float().mean() <= high  # still: the background; moving: almost nothing
+            assert (s["it"] - s["i0"]).abs().mean() > 1e-3  # the foreground still moves
+    with pytest.raises(UserInputError, match="static_background"):
+        LayeredMotion(procedural_photos(3, 96), size=48, static_background=1.5)
 
 
 def test_run_keeps_given_frames_and_counts():

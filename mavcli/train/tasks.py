@@ -49,7 +49,9 @@ TRAIN_STAGES = ("clip", "prior", "keyframes_image", "keyframes", "interpolation"
                 "matcher", "flow_interpolation")
 
 # the real-footage interpolator's sizes per preset (not part of a cascade pack)
-FLOW_INTERP_CONFIGS = {"tiny": FlowInterpConfig(widths=(8, 8), head_width=4), "shapes": FlowInterpConfig()}
+# (the gate keeps the residual off still pixels: see models/flowinterp.py)
+FLOW_INTERP_CONFIGS = {"tiny": FlowInterpConfig(widths=(8, 8), head_width=4),
+                       "shapes": FlowInterpConfig(residual_gate=True)}
 
 
 def sample_seed(seed: int, index: int, salt: int = 0) -> int:
