@@ -245,12 +245,8 @@ class MakeAVideoPipeline:
         gen = self._generator(seed, "interpolation")
         x = self._noise(video.shape, gen)
         schedule = self._schedule(h)
-        t0 = float(self.settings.interp_start)
-        extra_opts = {}
-        if t0 < 1.0:  # start from the linear blend of the known frames, partly noised (SDEdit)
-            alpha, sigma = (v.item() for v in schedule.alpha_sigma(torch.tensor([t0])))
-            x = alpha * blend_known_frames(video, known) + sigma * x
-            extra_opts["t_start"] = t0
+        t0 = float(self.settings.interp_start)  # < 1: start from the known frames' linear blend
+        x, extra_opts = _sdedit_start(schedule, t0, blend_known_frames(video, known) if t0 < 1.0 else None, x)
         model = guided(net, guidance, **kwargs)
         with self._autocast():
             out = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
@@ -299,7 +295,9 @@ class MakeAVideoPipeline:
     @torch.no_grad()
     def super_resolve_video(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
                             callback: ProgressCallback | None = None) -> torch.Tensor:
-        """SR_l^t: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)`, all frames of a chunk together."""
+        """SR_l^t: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)`, all frames of a chunk together. From
+        pure noise, or (pack setting `sr_video_start` < 1) from the bilinear-upsampled input
+        noised to that time, which keeps the input's geometry (SDEdit)."""
         net = self.pack["sr_video"]
         size = self.settings.sr_video_size
         steps = self._option(steps, "sr_video", "steps")
@@ -309,21 +307,24 @@ class MakeAVideoPipeline:
         low = rearrange(resize_frames(rearrange(video, "b c f h w -> (b f) c h w"), size), "(b f) c h w -> b c f h w", b=b)
         noise = self._noise((b, c, n, size, size), gen)
         chunks = _chunks(n, self.settings.chunk_frames)
+        schedule = self._schedule(size)
+        x, start = _sdedit_start(schedule, self.settings.sr_video_start, low, noise)
         out = []
         runner = self._sr_runner(net)
         for i, (a, z) in enumerate(chunks):
             model = guided(runner, guidance, extra=low[:, :, a:z])
             cb = _chunk_cb(callback, "sr_video", i, len(chunks), steps)
             with self._autocast():
-                out.append(sample(model, noise[:, :, a:z], steps, schedule=self._schedule(size),
-                                  sampler=sampler or self.settings.sampler, generator=gen, callback=cb).float())
+                out.append(sample(model, x[:, :, a:z], steps, schedule=schedule,
+                                  sampler=sampler or self.settings.sampler, generator=gen, callback=cb, **start).float())
         return torch.cat(out, dim=2)
 
     @torch.no_grad()
     def super_resolve_frames(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
                              callback: ProgressCallback | None = None) -> torch.Tensor:
         """SR_h: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)` frame by frame (spatial only), with the
-        SAME initial noise for every frame to limit flicker (section 3.4)."""
+        SAME initial noise for every frame to limit flicker (section 3.4); `sr_image_start` < 1
+        starts from the upsampled frames noised to that time, as in `super_resolve_video`."""
         net = self.pack["sr_image"]
         size = self.settings.sr_image_size
         steps = self._option(steps, "sr_image", "steps")
@@ -338,14 +339,16 @@ class MakeAVideoPipeline:
         if sampler == "ddpm":  # ancestral noise is shared across frames too
             step_noise = {"noise_fn": lambda like: self._noise((1, *like.shape[1:]), gen).expand_as(like)}
         chunks = _chunks(frames.shape[0], self.settings.chunk_frames)
+        schedule = self._schedule(size)
+        x, start = _sdedit_start(schedule, self.settings.sr_image_start, low, shared.expand_as(low))
         out = []
         runner = self._sr_runner(net)
         for i, (a, z) in enumerate(chunks):
             model = guided(runner, guidance, extra=low[a:z])
             cb = _chunk_cb(callback, "sr_image", i, len(chunks), steps)
             with self._autocast():
-                out.append(sample(model, shared.expand(z - a, -1, -1, -1), steps, schedule=self._schedule(size),
-                                  sampler=sampler, generator=gen, callback=cb, **(step_noise or {})).float())
+                out.append(sample(model, x[a:z], steps, schedule=schedule, sampler=sampler, generator=gen,
+                                  callback=cb, **start, **(step_noise or {})).float())
         return rearrange(torch.cat(out), "(b f) c h w -> b c f h w", b=b)
 
     # --- public entry points ------------------------------------------------------------------
@@ -478,6 +481,16 @@ def _null_inputs(net, b: int, device) -> dict:
         kw["context"] = torch.zeros(b, 1, c.context_dim, device=device)
         kw["context_mask"] = torch.ones(b, 1, dtype=torch.bool, device=device)
     return kw
+
+
+def _sdedit_start(schedule, t0: float, guess: torch.Tensor | None, noise: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """A stage's first sample and sampler options: pure `noise` when `t0` is 1, else `guess`
+    (a first estimate of the output, same shape as `noise`) noised to time `t0` (SDEdit, Meng
+    et al. 2022), from where the sampler refines it."""
+    if t0 >= 1.0:
+        return noise, {}
+    alpha, sigma = (v.item() for v in schedule.alpha_sigma(torch.tensor([float(t0)])))
+    return alpha * guess + sigma * noise, {"t_start": float(t0)}
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

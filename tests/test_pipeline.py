@@ -106,6 +106,34 @@ def test_sr_h_uses_the_same_noise_for_every_frame(pipe, monkeypatch):
     assert noise[0].std() > 0.5  # real noise, not zeros
 
 
+@pytest.mark.parametrize("stage", ["sr_video", "sr_image"])
+def test_sr_stages_can_start_from_their_upsampled_input(tiny_pack, stage):
+    """sr_*_start < 1 (SDEdit): the stage starts from its bilinear-upsampled input noised to that
+    time, so near 0 even a random network returns about the input; at 1 it draws from noise."""
+    import dataclasses
+
+    from mavcli.models.blocks import resize_frames
+
+    def run(start):
+        settings = dataclasses.replace(tiny_pack.settings, **{f"{stage}_start": start})
+        p = MakeAVideoPipeline(dataclasses.replace(tiny_pack, settings=settings))
+        fn = p.super_resolve_video if stage == "sr_video" else p.super_resolve_frames
+        return fn(video, seed=0), p.settings
+
+    video = torch.rand(1, 3, 3, 16, 16) * 2 - 1
+    near, settings = run(0.02)
+    size = getattr(settings, f"{stage}_size")
+    low = resize_frames(video[0].transpose(0, 1), size).transpose(0, 1)[None]  # (1, 3, f, S, S)
+    assert near.shape == low.shape
+    assert (near - low).abs().mean() < 0.05
+    far, _ = run(1.0)
+    assert (far - low).abs().mean() > 0.3
+    mid, _ = run(0.5)  # in between: partly the input, partly drawn
+    assert (near - low).abs().mean() < (mid - low).abs().mean() < (far - low).abs().mean()
+    with pytest.raises(ValueError, match=f"{stage}_start must be in"):
+        dataclasses.replace(tiny_pack.settings, **{f"{stage}_start": 0.0})
+
+
 def test_guidance_one_equals_plain_conditional_sampling(pipe):
     tokens, mask, pooled, _ = pipe.encode_prompt([PROMPT])
     net = pipe.pack["prior"]

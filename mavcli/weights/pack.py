@@ -43,6 +43,10 @@ class PackSettings:
     # (False: zeroed, as the paper masks them)
     interp_prefill: bool = False
     sr_video_size: int = 64  # SR_l^t output
+    # < 1: the SR stage starts from its bilinear-upsampled input noised to this time (SDEdit)
+    # instead of pure noise, so the low-resolution geometry is kept and only detail is drawn
+    sr_video_start: float = 1.0
+    sr_image_start: float = 1.0
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"
     steps: dict = field(default_factory=lambda: {"prior": 16, "keyframes": 24, "interpolation": 12, "sr_video": 8, "sr_image": 8})
@@ -66,6 +70,9 @@ class PackSettings:
             raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
             raise ValueError(f"interp_start must be in (0, 1] (1: F_i starts from pure noise), got {self.interp_start}")
+        for name in ("sr_video_start", "sr_image_start"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1] (1: the stage starts from pure noise), got {getattr(self, name)}")
 
 
 @dataclass
