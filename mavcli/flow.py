@@ -68,6 +68,48 @@ def flows_at(f01: torch.Tensor, f10: torch.Tensor, t: float | torch.Tensor) -> t
     return ft0, ft1
 
 
+def _clamped_accel(a: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """`a` `(b, 2, h, w)` scaled down per pixel to length at most |flow| + 1 (pixels)."""
+    # hypot of the two components: Tensor.norm over the channel axis is ~200x slower on CPU
+    limit = torch.hypot(flow[:, :1], flow[:, 1:]) + 1.0
+    return a * (limit / torch.hypot(a[:, :1], a[:, 1:]).clamp_min(1e-6)).clamp(max=1.0)
+
+
+def flows_at_quadratic(f01: torch.Tensor, f10: torch.Tensor, t: float | torch.Tensor,
+                       f0p: torch.Tensor | None = None, f12: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flows from time t in (0, 1) to frames 0 and 1, `(b, 2, h, w)` each, with constant
+    acceleration where the neighbouring known frames are given (Xu et al. 2019, quadratic video
+    interpolation): `f0p` = F_0->-1 (frame 0 to the frame before it) and `f12` = F_1->2.
+
+    Each known frame's pixel path x(u) = x + v u + a u^2 / 2 (u in frame intervals) fits its
+    two flows: from frame 0, v = (F_0->1 - F_0->-1) / 2 and a = F_0->1 + F_0->-1, so
+    F_0->t = v t + a t^2 / 2 (and F_0->1 exactly at t = 1). Without a neighbour that side is
+    linear, F_0->t = t F_0->1. As in Super SloMo (`flows_at`), the flow from t is then a blend
+    of the two sides taken at the same pixel:
+    F_t->0 = -(1-t) F_0->t + t (F_1->0 - F_1->t),  F_t->1 = -t F_1->t + (1-t) (F_0->1 - F_0->t).
+    With neither neighbour this is exactly `flows_at`.
+
+    Where a flow is wrong (occlusion, a failed match) the fitted acceleration is implausibly
+    large, so |a| is clamped per pixel to |F_0->1| + 1 px (frame 1's side likewise): the
+    velocity may change by at most the motion itself over one interval. Chosen on a validation
+    window of the training footage: without the clamp PSNR was a little lower and SSIM on
+    bikes fell below the linear motion's (one window lost 0.05)."""
+    if not torch.is_tensor(t):
+        t = torch.tensor(float(t))
+    t = t.to(f01).reshape(-1, 1, 1, 1)
+    f0t, f1t = t * f01, (1 - t) * f10  # linear: F_0->t, and F_1->t at u = t - 1 on frame 1's clock
+    if f0p is not None:  # F_0->t = v t + a t^2 / 2 with F_0->1 = v + a / 2 kept exact
+        a = _clamped_accel(f01 + f0p, f01)
+        f0t = f0t + a / 2 * (t * t - t)
+    if f12 is not None:  # F_1->u = v u + a u^2 / 2 with F_1->0 = -v + a / 2 kept exact
+        a = _clamped_accel(f12 + f10, f10)
+        u = t - 1
+        f1t = f1t + a / 2 * (u * u + u)
+    ft0 = -(1 - t) * f0t + t * (f10 - f1t)
+    ft1 = -t * f1t + (1 - t) * (f01 - f0t)
+    return ft0, ft1
+
+
 def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Sample `image` `(b, c, h, w)` at p + flow(p) for every pixel p (bilinear, border
     clamped) -> `(b, c, h, w)`."""

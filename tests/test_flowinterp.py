@@ -7,7 +7,7 @@ import torch
 
 from mavcli.data.motion import LayeredMotion, procedural_photos
 from mavcli.errors import UserInputError
-from mavcli.flow import DisFlow, backward_warp, dis_blend, flows_at, linear_blend, to_tensor
+from mavcli.flow import DisFlow, backward_warp, dis_blend, flows_at, flows_at_quadratic, linear_blend, to_tensor
 from mavcli.interpolator import FlowInterpolator
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.train.loop import TrainConfig, train
@@ -28,6 +28,36 @@ def test_flows_at_linear_motion():
     for t in (0.25, 0.5, 0.75):
         ft0, ft1 = flows_at(v, -v, t)
         assert torch.allclose(ft0, -t * v) and torch.allclose(ft1, (1 - t) * v)
+
+
+def uniform(v):
+    return torch.as_tensor(v, dtype=torch.float32).view(1, 2, 1, 1).expand(1, 2, 4, 4)
+
+
+def test_quadratic_flows_are_exact_for_constant_acceleration():
+    v, a = torch.tensor([2.0, -1.0]), torch.tensor([0.8, 0.4])
+    x = lambda u: v * u + a * u * u / 2  # the path of every pixel, frame 0 at u = 0
+    f01, f0p = uniform(x(1) - x(0)), uniform(x(-1) - x(0))
+    f10, f12 = uniform(x(0) - x(1)), uniform(x(2) - x(1))
+    for t in (0.25, 0.5, 0.75):
+        ft0, ft1 = flows_at_quadratic(f01, f10, t, f0p, f12)
+        assert torch.allclose(ft0[0, :, 0, 0], x(0) - x(t), atol=1e-5)
+        assert torch.allclose(ft1[0, :, 0, 0], x(1) - x(t), atol=1e-5)
+        lin0, _ = flows_at(f01, f10, t)  # linear motion misses the curve by a t (1 - t) / 2
+        assert torch.allclose(ft0 - lin0, uniform(a * t * (1 - t) / 2), atol=1e-5)
+
+
+def test_quadratic_flows_without_neighbours_are_linear_and_clamp_wild_accelerations():
+    torch.manual_seed(0)
+    f01, f10 = torch.randn(1, 2, 5, 6), torch.randn(1, 2, 5, 6)
+    for t in (0.25, 0.5):
+        assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(flows_at_quadratic(f01, f10, t), flows_at(f01, f10, t)))
+    # a neighbour flow that disagrees wildly (a failed match): |a| is held to |F_0->1| + 1 px
+    f01 = uniform([2.0, 0.0])
+    ft0, _ = flows_at_quadratic(f01, -f01, 0.5, f0p=uniform([50.0, 0.0]))
+    lin0, _ = flows_at(f01, -f01, 0.5)
+    # a = 52 px clamped to 3: F_0->t moves by a (t^2 - t) / 2 = -0.375 px, F_t->0 by -(1 - t) of that
+    assert torch.allclose(ft0 - lin0, uniform([0.1875, 0.0]), atol=1e-5)
 
 
 def test_backward_warp_integer_shift():
@@ -130,6 +160,58 @@ def test_run_keeps_given_frames_and_counts():
     assert np.array_equal(out[::4], clip)
     with pytest.raises(UserInputError, match="strictly between"):
         interp(clip[0], clip[1], [1.0])
+
+
+def accelerating(h=48, w=64, frames=6, seed=0):
+    """A texture panned ever faster: 1, 2, 3, ... px per frame."""
+    pos = [k * (k + 1) // 2 for k in range(frames)]
+    big = texture(h, w + pos[-1] + 1, seed)
+    return np.stack([big[:, p:p + w] for p in pos])
+
+
+def test_run_fits_each_pair_to_its_neighbours_motion():
+    torch.manual_seed(0)
+    interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))  # = DIS warp + blend
+    clip = accelerating()
+    known = clip[::2]  # frames 0, 2, 4: x2 of an accelerating pan
+    out = interp.run(known, 2)
+    # the run's pairs see their neighbours: the same as asking pair by pair with them
+    assert np.array_equal(out[1], interp(known[0], known[1], [0.5], after=known[2])[0])
+    assert np.array_equal(out[3], interp(known[1], known[2], [0.5], before=known[0])[0])
+    # and nearer the truth than linear motion, which puts the middle frame half-way
+    inner = (slice(6, -6), slice(6, -16))
+    err = lambda f, k: np.abs(f.astype(float) - clip[k])[inner].mean()
+    linear = interp(known[0], known[1], [0.5])[0]
+    assert err(out[1], 1) < 0.8 * err(linear, 1), (err(out[1], 1), err(linear, 1))
+    # a pair across a cut lends no motion and takes none
+    broken = interp.run(known, 2, breaks=[1])
+    assert np.array_equal(broken[1], linear) and np.array_equal(broken[3], interp(known[1], known[2], [0.5])[0])
+    done = []
+    interp.run(known, 2, on_pair=done.append)
+    assert done == [0, 1]
+    # quadratic=False: every pair on its own, linear motion
+    alone = FlowInterpolator(interp.net, quadratic=False)
+    assert np.array_equal(alone.run(known, 2)[1], linear)
+    assert np.array_equal(alone(known[0], known[1], [0.5], after=known[2])[0], linear)
+
+
+def test_stream_hands_segments_their_neighbours_within_a_shot():
+    from mavcli.video import stream_segments
+
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(8)]
+    seen = []
+
+    def run(seg, before, after):
+        seen.append((int(seg[0, 0, 0, 0]), int(seg[-1, 0, 0, 0]),
+                     None if before is None else int(before[0, 0, 0]), None if after is None else int(after[0, 0, 0])))
+        return np.repeat(seg, 2, axis=0)[:-1]
+
+    out = list(stream_segments(iter(frames), 2, run, cuts=[5], chunk=3, context=True))
+    # segments 0-2, 2-4 | cut | 5-7: neighbours inside a shot, None at the cut and at the ends
+    assert seen == [(0, 2, None, 3), (2, 4, 1, None), (5, 7, None, None)]
+    assert len(out) == (len(frames) - 1) * 2 + 1
+    plain = list(stream_segments(iter(frames), 2, lambda seg: run(seg, None, None), cuts=[5], chunk=3))
+    assert all(np.array_equal(a, b) for a, b in zip(out, plain))
 
 
 def test_stream_bridges_scene_cuts_with_copies():

@@ -21,11 +21,12 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -44,6 +45,15 @@ _SSIM_SIZE, _SSIM_SIGMA, _SSIM_K1, _SSIM_K2 = 11, 1.5, 0.01, 0.03
 
 #: ``(frame0, frame1, times) -> frames``: uint8 ``(h, w, 3)`` frames, times in (0, 1)
 Interpolator = Callable[[np.ndarray, np.ndarray, list[float]], list[np.ndarray]]
+
+
+@runtime_checkable
+class RunInterpolator(Protocol):
+    """An interpolator that takes a whole run of known frames at once (mavcli's
+    ``FlowInterpolator``: each pair's motion is fitted to its neighbours' as well)."""
+
+    def run(self, frames: np.ndarray, factor: int, *, breaks: Iterable[int] = (),
+            on_pair: Callable[[int], None] | None = None) -> np.ndarray: ...
 
 
 # =============================================================================================
@@ -179,7 +189,7 @@ class FfmpegMinterpolate:
         return frames
 
 
-Method = Interpolator | FfmpegMinterpolate
+Method = Interpolator | RunInterpolator | FfmpegMinterpolate
 
 
 def baseline_methods(names: Sequence[str]) -> dict[str, Method]:
@@ -282,6 +292,15 @@ def _rebuild(method: Method, clip: EvalClip, skip: int, windows: list[int], on_w
         seconds = time.perf_counter() - t0
         on_window(len(windows))
         return [list(out[k - k0 + 1 : k - k0 + skip]) for k in windows], seconds
+    if isinstance(method, RunInterpolator):
+        # the known frames of the evaluated part only (as ffmpeg gets them); pairs across a cut
+        # are rebuilt on their own and lend no motion to their neighbours
+        known = frames[windows[0] : windows[-1] + skip + 1 : skip]
+        breaks = [i for i, k in enumerate(windows) if spans_cut(k, skip, clip.cuts)]
+        t0 = time.perf_counter()
+        out = method.run(known, skip, breaks=breaks, on_pair=lambda i: on_window(i + 1))
+        seconds = time.perf_counter() - t0
+        return [list(out[i * skip + 1 : (i + 1) * skip]) for i in range(len(windows))], seconds
     times = [j / skip for j in range(1, skip)]
     rebuilt, seconds = [], 0.0
     for i, k in enumerate(windows):
@@ -369,6 +388,6 @@ def write_report(reports: Sequence[ClipReport], path: str | os.PathLike[str], se
 
 __all__ = [
     "BASELINES", "PSNR_CAP", "TASKS", "ClipReport", "EvalClip", "FfmpegMinterpolate", "InterpResult",
-    "Interpolator", "Method", "baseline_methods", "evaluate_clip", "load_clip", "psnr",
+    "Interpolator", "Method", "RunInterpolator", "baseline_methods", "evaluate_clip", "load_clip", "psnr",
     "spans_cut", "ssim", "task_skip", "task_windows", "write_report",
 ]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mavcli.flow import backward_warp, flows_at
+from mavcli.flow import backward_warp, flows_at_quadratic
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,9 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class FlowInterpNet(nn.Module):
     """Inputs: frames `i0`, `i1` `(b, 3, h, w)` in [0, 1], DIS flows `f01`, `f10` `(b, 2, h, w)` in
-    pixels, times `t` `(b,)` in (0, 1). Output: the frame at t, `(b, 3, h, w)`.
+    pixels, times `t` `(b,)` in (0, 1), and optionally the flows to the known frames on either
+    side, `f0p` = F_0->-1 and `f12` = F_1->2 (the flow at t then follows constant acceleration,
+    `flows_at_quadratic`). Output: the frame at t, `(b, 3, h, w)`.
     Any h, w: inputs are edge-padded to `config.size_multiple` and the output cropped."""
 
     IN_CHANNELS = 3 * 4 + 2 * 2 + 1  # i0, i1, w0, w1, ft0, ft1, t
@@ -89,13 +91,15 @@ class FlowInterpNet(nn.Module):
             nn.init.zeros_(head.bias)
 
     def forward(self, i0: torch.Tensor, i1: torch.Tensor, f01: torch.Tensor, f10: torch.Tensor,
-                t: torch.Tensor) -> torch.Tensor:
+                t: torch.Tensor, f0p: torch.Tensor | None = None, f12: torch.Tensor | None = None) -> torch.Tensor:
         h, w = i0.shape[-2:]
         m = self.config.size_multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
-            i0, i1, f01, f10 = (F.pad(x, (0, pw, 0, ph), mode="replicate") for x in (i0, i1, f01, f10))
-        ft0, ft1 = flows_at(f01, f10, t)
+            i0, i1, f01, f10, f0p, f12 = (None if x is None else F.pad(x, (0, pw, 0, ph), mode="replicate")
+                                          for x in (i0, i1, f01, f10, f0p, f12))
+        # linear motion, or constant acceleration on a side whose neighbour flow is given
+        ft0, ft1 = flows_at_quadratic(f01, f10, t, f0p, f12)
         w0, w1 = backward_warp(i0, ft0), backward_warp(i1, ft1)
         tmap = t.to(i0).reshape(-1, 1, 1, 1).expand(-1, 1, *i0.shape[-2:])
         s = self.config.flow_scale
