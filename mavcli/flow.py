@@ -48,12 +48,14 @@ class DisFlow:
         b = self.gray(b) if b.ndim == 3 else b
         return self._dis.calc(a, b, None)
 
+    def tensor(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+        """Flow a -> b as a tensor `(1, 2, h, w)`."""
+        return torch.from_numpy(self(a, b)).permute(2, 0, 1)[None]
+
     def pair(self, a: np.ndarray, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Both flows a->b and b->a as tensors `(1, 2, h, w)`."""
         ga, gb = self.gray(a), self.gray(b)
-        f01 = torch.from_numpy(self(ga, gb)).permute(2, 0, 1)[None]
-        f10 = torch.from_numpy(self(gb, ga)).permute(2, 0, 1)[None]
-        return f01, f10
+        return self.tensor(ga, gb), self.tensor(gb, ga)
 
 
 def flows_at(f01: torch.Tensor, f10: torch.Tensor, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,7 +50,7 @@ class FlowInterpolator:
 
     def _flow(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
         """DIS flow a -> b as a tensor `(1, 2, h, w)` on the device."""
-        return torch.from_numpy(self.flow(a, b)).permute(2, 0, 1)[None].to(self.device)
+        return self.flow.tensor(a, b).to(self.device)
 
     @staticmethod
     def _check(frame0: np.ndarray, frame1: np.ndarray, times: list[float]) -> None:
