@@ -126,6 +126,12 @@ class MakeAVideoPipeline:
             value = getattr(self.settings, kind)[stage]
         return value
 
+    def stage_sampler(self, sampler: dict | str | None, stage: str) -> str:
+        """The sampler of `stage`: the caller's (one name, or a dict per stage), else the pack's
+        `stage_samplers[stage]`, else the pack's `sampler`."""
+        value = sampler.get(stage) if isinstance(sampler, dict) else sampler
+        return value or self.settings.stage_samplers.get(stage) or self.settings.sampler
+
     def _sr_runner(self, net):
         """The SR network as trained: on overlapping tiles when the pack says so."""
         s = self.settings
@@ -161,7 +167,7 @@ class MakeAVideoPipeline:
         x = self._noise((pooled.shape[0], net.config.embed_dim), gen)
         model = guided(net, guidance, text_emb=pooled, context=tokens, context_mask=mask)
         with self._autocast():
-            emb = sample(model, x, steps, schedule=CosineSchedule(), sampler=sampler or self.settings.sampler,
+            emb = sample(model, x, steps, schedule=CosineSchedule(), sampler=self.stage_sampler(sampler, "prior"),
                          generator=gen, callback=_stage_cb(callback, "prior"), clip=False)
         return F.normalize(emb.float(), dim=-1)
 
@@ -209,7 +215,7 @@ class MakeAVideoPipeline:
         if g_match > 0:
             model = _matcher_steered(model, matcher, g_match, schedule, tokens, mask)
         with self._autocast():
-            video = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
+            video = sample(model, x, steps, schedule=schedule, sampler=self.stage_sampler(sampler, "keyframes"),
                            generator=gen, callback=_stage_cb(callback, "keyframes")).float()
         if n == 1:
             return video
@@ -249,7 +255,7 @@ class MakeAVideoPipeline:
         x, extra_opts = _sdedit_start(schedule, t0, blend_known_frames(video, known) if t0 < 1.0 else None, x)
         model = guided(net, guidance, **kwargs)
         with self._autocast():
-            out = sample(model, x, steps, schedule=schedule, sampler=sampler or self.settings.sampler,
+            out = sample(model, x, steps, schedule=schedule, sampler=self.stage_sampler(sampler, "interpolation"),
                          generator=gen, callback=_stage_cb(callback, "interpolation"), **extra_opts).float()
         return torch.where(mask.bool().expand_as(out), video, out)
 
@@ -316,7 +322,7 @@ class MakeAVideoPipeline:
             cb = _chunk_cb(callback, "sr_video", i, len(chunks), steps)
             with self._autocast():
                 out.append(sample(model, x[:, :, a:z], steps, schedule=schedule,
-                                  sampler=sampler or self.settings.sampler, generator=gen, callback=cb, **start).float())
+                                  sampler=self.stage_sampler(sampler, "sr_video"), generator=gen, callback=cb, **start).float())
         return torch.cat(out, dim=2)
 
     @torch.no_grad()
@@ -329,7 +335,7 @@ class MakeAVideoPipeline:
         size = self.settings.sr_image_size
         steps = self._option(steps, "sr_image", "steps")
         guidance = self._option(guidance, "sr_image", "guidance")
-        sampler = sampler or self.settings.sampler
+        sampler = self.stage_sampler(sampler, "sr_image")
         gen = self._generator(seed, "sr_image")
         b, c, n, h, w = video.shape
         frames = rearrange(video, "b c f h w -> (b f) c h w")
@@ -404,11 +410,11 @@ class MakeAVideoPipeline:
 
     def __call__(self, prompt: str, *, seed: int | None = None, num_keyframes: int | None = None,
                  fps: float | None = None, frame_skip: int | None = None, steps: dict | int | None = None,
-                 guidance: dict | float | None = None, sampler: str | None = None,
+                 guidance: dict | float | None = None, sampler: dict | str | None = None,
                  callback: ProgressCallback | None = None, stop_after: str | None = None,
                  candidates: int | None = None, matcher_guidance: float | None = None) -> VideoOutput:
-        """Prompt -> video through every stage. `steps` / `guidance`: one value for every
-        stage or a dict per stage (prior, keyframes, interpolation, sr_video, sr_image).
+        """Prompt -> video through every stage. `steps` / `guidance` / `sampler`: one value for
+        every stage or a dict per stage (prior, keyframes, interpolation, sr_video, sr_image).
         `stop_after` ends the cascade early at a stage (keyframes, interpolation, sr_video).
         `candidates` / `matcher_guidance`: see `keyframes` (default: the pack's)."""
         if not isinstance(prompt, str) or not prompt.strip():

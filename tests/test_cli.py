@@ -41,6 +41,8 @@ def test_generate_mp4_and_gif(tiny_pack_dir, tmp_path):
     assert clip.fps == pytest.approx(s["fps"] * s["frame_skip"])
     meta = json.loads((tmp_path / "v.mp4.json").read_text())
     assert meta["prompt"] == PROMPT and meta["seed"] == 7 and meta["pack"] == str(tiny_pack_dir)
+    # each stage's sampler as it ran: the pack's default, or its per-stage choice
+    assert meta["sampler"] == {st: s.get("stage_samplers", {}).get(st, s["sampler"]) for st in s["steps"]}
     r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--format", "gif", "--out", str(tmp_path / "v.gif"))
     assert r.exit_code == 0, r.output
     gif = read_video(tmp_path / "v.gif")

@@ -134,6 +134,26 @@ def test_sr_stages_can_start_from_their_upsampled_input(tiny_pack, stage):
         dataclasses.replace(tiny_pack.settings, **{f"{stage}_start": 0.0})
 
 
+
+def test_stage_samplers_pick_one_stage_sampler(tiny_pack, pipe):
+    """Pack setting `stage_samplers` overrides `sampler` for the stages it names only; a
+    caller's sampler (one name or a dict per stage) overrides the pack's."""
+    import dataclasses
+
+    settings = dataclasses.replace(tiny_pack.settings, sampler="dpmpp", stage_samplers={"keyframes": "ddpm"})
+    mixed = MakeAVideoPipeline(dataclasses.replace(tiny_pack, settings=settings))
+    plain = MakeAVideoPipeline(dataclasses.replace(tiny_pack, settings=dataclasses.replace(settings, stage_samplers={})))
+    keyframes = lambda p, **kw: p(PROMPT, seed=4, stop_after="keyframes", **kw).frames  # noqa: E731
+    ancestral = keyframes(mixed)
+    assert np.array_equal(ancestral, keyframes(plain, sampler={"keyframes": "ddpm"}))
+    assert not np.array_equal(ancestral, keyframes(plain))
+    assert np.array_equal(keyframes(mixed, sampler="dpmpp"), keyframes(plain))
+    # the prior, not named, keeps the pack's sampler
+    tokens, mask, pooled, _ = mixed.encode_prompt([PROMPT])
+    assert torch.equal(mixed.prior(tokens, mask, pooled, seed=1), plain.prior(tokens, mask, pooled, seed=1))
+    with pytest.raises(ValueError, match="stage_samplers maps a stage"):
+        dataclasses.replace(settings, stage_samplers={"keyframe": "ddpm"})
+
 def test_guidance_one_equals_plain_conditional_sampling(pipe):
     tokens, mask, pooled, _ = pipe.encode_prompt([PROMPT])
     net = pipe.pack["prior"]

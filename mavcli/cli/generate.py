@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         matcher_guidance: Optional[float] = typer.Option(None, "--matcher-guidance", help="Steer keyframe sampling along the matcher's gradient by this scale (default: the pack's; 0 is off)."),
         frames: Optional[int] = typer.Option(None, help="Frames in the video (default: the pack's, e.g. 29)."),
         fps: Optional[float] = typer.Option(None, help="Frames per second of the video (default: the pack's)."),
-        sampler: Optional[str] = typer.Option(None, help="dpmpp (default), ddim or ddpm."),
+        sampler: Optional[str] = typer.Option(None, help="dpmpp, ddim or ddpm for every stage (default: the pack's, per stage)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or folder for --format png / several videos)."),
         fmt: str = typer.Option("mp4", "--format", "-f", help="mp4, gif, webm, or png (a folder of frames)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -164,7 +164,8 @@ def register(app: typer.Typer) -> None:
                 clip = video.frames if frames is None else video.frames[:frames]
                 meta = {"prompt": text, "seed": sd, "pack": str(pipe.pack.path), "fps": video.fps,
                         "frames": int(clip.shape[0]), "size": list(clip.shape[1:3]), "steps": step_table or s.steps,
-                        "guidance": guide_table or s.guidance, "sampler": sampler or s.sampler, "device": str(pipe.device),
+                        "guidance": guide_table or s.guidance,
+                        "sampler": {st: pipe.stage_sampler(sampler, st) for st in s.steps}, "device": str(pipe.device),
                         "candidates": candidates or s.keyframe_candidates,
                         "matcher_guidance": s.matcher_guidance if matcher_guidance is None else matcher_guidance,
                         "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}

@@ -49,6 +49,8 @@ class PackSettings:
     sr_image_start: float = 1.0
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"
+    # stage -> sampler, overriding `sampler` for that stage (e.g. {"keyframes": "ddpm"})
+    stage_samplers: dict = field(default_factory=dict)
     steps: dict = field(default_factory=lambda: {"prior": 16, "keyframes": 24, "interpolation": 12, "sr_video": 8, "sr_image": 8})
     guidance: dict = field(default_factory=lambda: {"prior": 2.0, "keyframes": 3.0, "interpolation": 1.0, "sr_video": 1.0, "sr_image": 1.0})
     schedule_base: int = 32  # the noise schedule shifts with resolution relative to this
@@ -70,6 +72,10 @@ class PackSettings:
             raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
             raise ValueError(f"interp_start must be in (0, 1] (1: F_i starts from pure noise), got {self.interp_start}")
+        for stage, name in self.stage_samplers.items():
+            if stage not in STAGES or not isinstance(name, str):
+                raise ValueError(f"stage_samplers maps a stage ({', '.join(sorted(STAGES))}) to a sampler name, "
+                                 f"got {stage!r}: {name!r}")
         for name in ("sr_video_start", "sr_image_start"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1] (1: the stage starts from pure noise), got {getattr(self, name)}")
