@@ -235,6 +235,24 @@ def flow_pack(tmp_path_factory):
     return export_pack(root / "runs", root / "pack", preset="tiny", stages=("flow_interpolation",))
 
 
+def test_export_builds_the_network_from_its_checkpoint_not_the_current_preset(flow_pack, tmp_path, monkeypatch):
+    """A checkpoint carries its networks' configs: after the preset changes (here: the tiny
+    flow network gains a residual gate, as the shipped one did), an older run still exports
+    as trained, weights and all."""
+    import dataclasses
+
+    from mavcli.train import export, tasks
+    from mavcli.weights.pack import load_pack
+
+    trained = tasks.FLOW_INTERP_CONFIGS["tiny"]
+    changed = dataclasses.replace(trained, residual_gate=not trained.residual_gate)
+    monkeypatch.setitem(tasks.FLOW_INTERP_CONFIGS, "tiny", changed)
+    again = export.export_pack(flow_pack.parent / "runs", tmp_path / "again", preset="tiny", stages=("flow_interpolation",))
+    net, before = load_pack(again)["flow_interpolation"], load_pack(flow_pack)["flow_interpolation"]
+    assert net.config == trained != changed
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), before.state_dict().values()))
+
+
 def test_exported_pack_loads_without_a_tokenizer(flow_pack):
     assert not (flow_pack / "tokenizer.json").exists()
     interp = FlowInterpolator.from_pretrained(flow_pack)

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from mavcli.errors import UserInputError
+from mavcli.models.config import config_from_dict, config_to_dict
 from mavcli.models.presets import preset_configs
-from mavcli.models.stages import build
+from mavcli.models.stages import STAGES, build
 from mavcli.models.text import Tokenizer
 from mavcli.train.checkpoint import read_checkpoint
 from mavcli.train.tasks import FLOW_INTERP_CONFIGS
@@ -30,6 +31,18 @@ SOURCES = {
 }
 CASCADE = ("text_encoder", "image_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image", "matcher")
 OPTIONAL = ("matcher",)  # a cascade pack works without it (no ranking or steering of keyframes)
+
+
+def network_configs(source: str, model: torch.nn.Module) -> dict[str, dict]:
+    """The config of every pack network that training stage `source` makes, by pack stage, for
+    the checkpoint's metadata: export then builds each network as it was trained, whatever the
+    preset says now."""
+    out = {}
+    for stage, (src, prefix) in SOURCES.items():
+        if src == source:
+            net = getattr(model, prefix.rstrip(".")) if prefix else model
+            out[stage] = config_to_dict(net.config)
+    return out
 
 
 def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", card: str = "",
@@ -66,7 +79,9 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
                 raise UserInputError(f"{path} was trained with another vocabulary than the clip stage")
         if meta["config"]["preset"] != preset:
             raise UserInputError(f"{path} was trained with preset {meta['config']['preset']!r}, not {preset!r}")
-        if stage == "flow_interpolation":
+        if stage in meta.get("networks", {}):  # the config it was trained with
+            net = build(stage, config_from_dict(STAGES[stage][1], meta["networks"][stage]))
+        elif stage == "flow_interpolation":  # checkpoints from before configs were saved
             net = build(stage, FLOW_INTERP_CONFIGS[preset])
         else:
             configs, _ = preset_configs(preset, len(vocab or ()))

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from mavcli.errors import UserInputError
 from mavcli.train.checkpoint import restore, save_checkpoint
+from mavcli.train.export import network_configs
 from mavcli.train.tasks import TRAIN_STAGES, Task, load_encoders, shapes_tokenizer
 
 
@@ -182,7 +183,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     local = cfg.batch_size // world
-    meta = {"config": asdict(cfg), "vocab": task.tokenizer.vocab}
+    meta = {"config": asdict(cfg), "vocab": task.tokenizer.vocab, "networks": network_configs(cfg.stage, model)}
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     t_last, s_last = time.perf_counter(), start
     for step in range(start, end):
