@@ -413,8 +413,36 @@ runner = CliRunner()
 def test_bench_layers_prints_the_table():
     r = runner.invoke(app, ["bench", "layers", "--shape", "1,32,2,4,4", "--rounds", "1"])  # seconds
     assert r.exit_code == 0, r.output
-    for text in ("Pseudo3DConv", "SpatioTemporalAttention", "forward+backward", "speed-up", "GFLOP/s", "matmul rate"):
+    for text in ("Pseudo3DConv", "SpatioTemporalAttention", "forward+backward", "speed-up", "GFLOP/s", "matmul rate",
+                 "matmuls", "alone ms"):
         assert text in r.stdout
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 3, 4, 6), (2, 64, 2, 4, 4)])
+def test_attention_matmuls_do_exactly_the_blocks_nominal_work(shape):
+    """The floor that `mav bench layers` times: the attention block's matrix products alone. Its
+    FLOPs must equal the block's nominal FLOPs, forward and forward+backward, or it is not the
+    block's floor."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mavcli.bench.layers import _nominal_gflop, attention_matmuls
+
+    dim_head, heads = 16, 4
+    block = SpatioTemporalAttention(dim=shape[1], dim_head=dim_head, heads=heads)
+    x = torch.randn(shape)
+    xg = x.clone().requires_grad_(True)
+
+    def block_forward():
+        with torch.inference_mode():
+            block(x)
+
+    def block_forward_backward():
+        block(xg).square().mean().backward()
+
+    for ours, block_fn in zip(attention_matmuls(shape, dim_head, heads), (block_forward, block_forward_backward)):
+        with FlopCounterMode(display=False) as counter:
+            ours()
+        assert counter.get_total_flops() / 1e9 == pytest.approx(_nominal_gflop(block_fn), rel=1e-9)
 
 
 def test_bench_layers_without_the_anchor_says_how_to_install(monkeypatch):

@@ -3,7 +3,10 @@ make-a-video-pytorch 0.4.0's PseudoConv3d and SpatioTemporalAttention, same shap
 one process, interleaved rounds (`mav bench layers`).
 
 Reports the median ms of each, the speed-up (anchor / mavcli) and mavcli's rate in GFLOP/s
-beside this machine's dense matmul rate. FLOPs are the layer's nominal count: what
+beside this machine's dense matmul rate. For the attention block it also times the block's
+matrix products alone, back to back on tensors of the same shapes (`attention_matmuls`): no
+softmax, norm, GELU or copy. That is the block's floor with this machine's GEMMs: an
+implementation of the same math in the same precision can only add to it. FLOPs are the layer's nominal count: what
 `torch.utils.flop_counter` counts for the straightforward computation (direct convolution,
 attention as two matmuls), the same work the anchor does. A rate above the matmul rate means
 mavcli did the job with fewer FLOPs than that (Winograd convolution).
@@ -33,6 +36,7 @@ class LayerRow:
     mavcli_ms: float
     anchor_ms: float | None
     gflop: float  # nominal GFLOP of one call
+    matmul_ms: float | None = None  # the block's matrix products alone (attention only)
 
     @property
     def speedup(self) -> float | None:
@@ -65,11 +69,51 @@ def _anchor_layers(dim: int, dim_head: int, heads: int):
     return (conv, attn), None
 
 
+def attention_matmuls(shape: tuple[int, int, int, int, int], dim_head: int, heads: int, *, ff_mult: float = 4.0,
+                      device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(forward, forward+backward) that run only the matrix products of a SpatioTemporalAttention
+    block on a `(b, c, f, h, w)` video, back to back on random tensors of their shapes: per
+    attention the q/k/v and output projections and the two attention products (spatial: b*f*heads
+    sequences of h*w tokens; temporal: b*h*w*heads sequences of f), and the GEGLU feed-forward's
+    two projections. Backward adds, for every product Y = A B, dA = dY B^T and dB = A^T dY.
+    Their FLOPs equal the block's nominal FLOPs (tests/test_layer_speedpaths.py checks)."""
+    b, c, f, h, w = shape
+    n, inner = b * f * h * w, heads * dim_head
+    ff = int(c * ff_mult * 2 / 3)
+    r = lambda *size: torch.randn(*size, device=device, dtype=dtype)  # noqa: E731
+    # (A, B) of every product Y = A @ B
+    pairs = [(r(n, c), r(c, 3 * inner)), (r(n, inner), r(inner, c))] * 2  # both attentions' projections
+    pairs += [(r(n, c), r(c, 2 * ff)), (r(n, ff), r(ff, c))]  # feed-forward
+    for batch, seq in ((b * f * heads, h * w), (b * h * w * heads, f)):  # spatial, temporal
+        q, k, v, p = r(batch, seq, dim_head), r(batch, dim_head, seq), r(batch, seq, dim_head), r(batch, seq, seq)
+        pairs += [(q, k), (p, v)]  # scores = q k^T, out = softmax(scores) v
+    grads = [r(a.shape[0], *a.shape[1:-1], bb.shape[-1]) for a, bb in pairs]  # dY, the shape of each Y
+
+    def forward() -> None:
+        for a, bb in pairs:
+            torch.matmul(a, bb)
+
+    def forward_backward() -> None:
+        forward()
+        for (a, bb), gy in zip(pairs, grads):
+            torch.matmul(gy, bb.transpose(-1, -2))  # dA
+            torch.matmul(a.transpose(-1, -2), gy)  # dB
+
+    return forward, forward_backward
+
+
+def _addmm_inplace_flop(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """`c.addmm_(a, b)`, which torch's counter does not know (the attention's hand-written
+    backward accumulates v's input gradient with it)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 def _nominal_gflop(fn: Callable[[], None]) -> float:
     """FLOPs of `fn` computed the straightforward way: Winograd off, math attention."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with winograd.fast_paths(False), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flop})
+    with winograd.fast_paths(False), sdpa_kernel(SDPBackend.MATH), counter:
         fn()
     return counter.get_total_flops() / 1e9
 
@@ -122,6 +166,9 @@ def run_layer_bench(
             xg.grad = None
         return run
 
+    floor_dtype = torch.bfloat16 if use_autocast else dtype  # autocast runs the products in bfloat16
+    floor = dict(zip(("forward", "forward+backward"),
+                     attention_matmuls(tuple(shape), dim_head, heads, device=device, dtype=floor_dtype)))
     rows = []
     for name in ours:
         for mode, make in (("forward", forward), ("forward+backward", forward_backward)):
@@ -130,9 +177,12 @@ def run_layer_bench(
             fns = {"mavcli": make(ours[name])}
             if name in theirs:
                 fns["anchor"] = make(theirs[name])
+            if name == "SpatioTemporalAttention":
+                fns["matmuls"] = floor[mode]
             gflop = _nominal_gflop(fns["mavcli"])
             t = interleaved_medians(fns, rounds=rounds, device=device)
-            rows.append(LayerRow(name, mode, t["mavcli"] * 1e3, t["anchor"] * 1e3 if "anchor" in t else None, gflop))
+            ms = {k: v * 1e3 for k, v in t.items()}
+            rows.append(LayerRow(name, mode, ms["mavcli"], ms.get("anchor"), gflop, ms.get("matmuls")))
     if progress is not None:
         progress("matmul rate")
     rate = matmul_gflops(device, torch.bfloat16 if use_autocast else dtype)

@@ -97,7 +97,8 @@ def layers(
             title=f"layers at {tuple(size)} on {device.value}{threads}, {dtype.value}, "
             f"median of {rounds} interleaved rounds",
             title_justify="left",
-            caption="speed-up = anchor ms / mavcli ms",
+            caption="speed-up = anchor ms / mavcli ms; matmuls alone = only the block's matrix products, back to "
+            "back with torch's GEMMs at the block's shapes (attention_matmuls): the block's floor on this machine",
             caption_justify="left",
             box=box.SIMPLE_HEAD,  # fits 80 columns (a pipe) without truncating names
             pad_edge=False,
@@ -108,6 +109,7 @@ def layers(
         table.add_column("anchor\nms", justify="right", min_width=7)
         table.add_column("speed-up", justify="right", min_width=8)
         table.add_column("mavcli\nGFLOP/s", justify="right", min_width=7)
+        table.add_column("matmuls\nalone ms", justify="right", min_width=8)
         for row in result.rows:
             table.add_row(
                 row.layer,
@@ -116,6 +118,7 @@ def layers(
                 _ms(row.anchor_ms),
                 "n/a" if row.speedup is None else f"{row.speedup:.2f}x",
                 f"{row.gflops:.0f}",
+                "" if row.matmul_ms is None else _ms(row.matmul_ms),
             )
         console.out.print(table)
         console.result(
