@@ -322,7 +322,8 @@ class MakeAVideoPipeline:
             cb = _chunk_cb(callback, "sr_video", i, len(chunks), steps)
             with self._autocast():
                 out.append(sample(model, x[:, :, a:z], steps, schedule=schedule,
-                                  sampler=self.stage_sampler(sampler, "sr_video"), generator=gen, callback=cb, **start).float())
+                                  sampler=self.stage_sampler(sampler, "sr_video"), generator=gen, callback=cb,
+                                  **start).float())
         return torch.cat(out, dim=2)
 
     @torch.no_grad()

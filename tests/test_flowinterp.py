@@ -138,6 +138,32 @@ def test_layered_motion_is_exact_at_the_ends_and_deterministic():
     assert (a["it"] - a["i0"]).abs().mean() > 1e-3 and (a["it"] - a["i1"]).abs().mean() > 1e-3
 
 
+def test_clip_windows_carry_their_neighbours_flows_for_quadratic_motion():
+    """Each training window brings F_0->-1 and F_1->2 from the windows beside it (the inputs
+    `mav interpolate` fits acceleration to); at the ends of the usable part the linear stand-ins
+    -F_0->1 and -F_1->0. Synthetic motion is uniform: its stand-ins always."""
+    from mavcli.data.motion import ClipWindows
+
+    clip = moving(32, 32, frames=8, dx=2)
+    data = ClipWindows([clip], skips=(2,), portion=1.0, crop=32)  # the whole frame: a sample names its window
+    starts = set()
+    for seed in range(40):
+        s = data.sample(torch.Generator().manual_seed(seed))
+        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+        start = next(k for k in range(len(clip)) if torch.equal(s["i0"], frames[k]))
+        starts.add(start)
+        win = data.windows[data.index[(0, start, 2)]]
+        assert torch.equal(s["f01"], win.f01.float()) and torch.equal(s["f10"], win.f10.float())
+        before, after = data.index.get((0, start - 2, 2)), data.index.get((0, start + 2, 2))
+        assert torch.equal(s["f0p"], -s["f01"] if before is None else data.windows[before].f10.float())
+        assert torch.equal(s["f12"], -s["f10"] if after is None else data.windows[after].f01.float())
+        if before is not None:  # a steady pan: the flow back is about the reverse of the flow on
+            assert (s["f0p"] + s["f01"])[:, 4:-4, 4:-4].abs().mean() < 0.5
+    assert starts == {0, 1, 2, 3, 4, 5}  # ends and middles both drawn
+    syn = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0).sample(torch.Generator().manual_seed(1))
+    assert torch.equal(syn["f0p"], -syn["f01"]) and torch.equal(syn["f12"], -syn["f10"])
+
+
 def test_layered_motion_static_background_keeps_still_pixels_exact():
     still = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0, static_background=1.0)
     moving_bg = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)

@@ -69,8 +69,10 @@ def _anchor_layers(dim: int, dim_head: int, heads: int):
     return (conv, attn), None
 
 
-def attention_matmuls(shape: tuple[int, int, int, int, int], dim_head: int, heads: int, *, ff_mult: float = 4.0,
-                      device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Callable[[], None], Callable[[], None]]:
+def attention_matmuls(
+    shape: tuple[int, int, int, int, int], dim_head: int, heads: int, *, ff_mult: float = 4.0,
+    device: str = "cpu", dtype: torch.dtype = torch.float32,
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """(forward, forward+backward) that run only the matrix products of a SpatioTemporalAttention
     block on a `(b, c, f, h, w)` video, back to back on random tensors of their shapes: per
     attention the q/k/v and output projections and the two attention products (spatial: b*f*heads

@@ -50,7 +50,13 @@ class _Window:
 class ClipWindows:
     """Interpolation windows of whole clips. `clips`: uint8 arrays `(n, h, w, 3)`; `skips`:
     window lengths (2 trains x2, 4 trains x4); `portion`: the leading fraction of each clip to
-    use (windows lie wholly inside it)."""
+    use (windows lie wholly inside it).
+
+    A sample also carries the flows to the known frames on either side, `f0p` = F_0->-1 and
+    `f12` = F_1->2 (what `mav interpolate` fits constant acceleration to): the neighbouring
+    windows' flows, free since every window's flows are computed once. Where a neighbour lies
+    outside the portion they are the linear stand-ins -F_0->1 and -F_1->0, with which
+    `flows_at_quadratic` is exactly linear motion."""
 
     def __init__(self, clips: list[np.ndarray], *, skips: tuple[int, ...] = (2, 4), portion: float = 0.7,
                  crop: int = 192, seed: int = 0) -> None:
@@ -70,6 +76,7 @@ class ClipWindows:
                     self.windows.append(_Window(c, k, skip, f01[0].half(), f10[0].half()))
         if not self.windows:
             raise UserInputError("the clips are too short for any interpolation window")
+        self.index = {(w.clip, w.start, w.skip): i for i, w in enumerate(self.windows)}
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -86,8 +93,16 @@ class ClipWindows:
         def img(i):
             return torch.from_numpy(np.ascontiguousarray(frames[i][box])).permute(2, 0, 1).float() / 255
 
+        def flow(f):
+            return f[:, box[0], box[1]].float()
+
+        f01, f10 = flow(win.f01), flow(win.f10)
+        before = self.index.get((win.clip, win.start - win.skip, win.skip))
+        after = self.index.get((win.clip, win.start + win.skip, win.skip))
         return {"i0": img(win.start), "i1": img(win.start + win.skip), "it": img(win.start + j),
-                "f01": win.f01[:, box[0], box[1]].float(), "f10": win.f10[:, box[0], box[1]].float(),
+                "f01": f01, "f10": f10,
+                "f0p": -f01 if before is None else flow(self.windows[before].f10),
+                "f12": -f10 if after is None else flow(self.windows[after].f01),
                 "t": torch.tensor(j / win.skip)}
 
 
@@ -183,7 +198,9 @@ class LayeredMotion:
         u8 = [(x.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy() for x in (i0, i1)]
         f01, f10 = self.flow.pair(*u8)
         q = [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in u8]  # quantised like real frames
-        return {"i0": q[0], "i1": q[1], "it": (it * 255).round() / 255, "f01": f01[0], "f10": f10[0], "t": torch.tensor(t)}
+        # uniform motion: the flows to the neighbouring frames are the reverse flows (zero acceleration)
+        return {"i0": q[0], "i1": q[1], "it": (it * 255).round() / 255, "f01": f01[0], "f10": f10[0],
+                "f0p": -f01[0], "f12": -f10[0], "t": torch.tensor(t)}
 
 
 def procedural_photos(count: int, size: int, seed: int = 0) -> list[np.ndarray]:

@@ -340,19 +340,23 @@ class Task:
         batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
         # random flips and time reversal, per sample: the task is symmetric under all three
         flips = per_sample(lambda g: torch.rand(3, generator=g) < 0.5, self.seed, indices, 1001).to(device)
-        for k in ("i0", "i1", "it", "f01", "f10"):
+        flows = ("f01", "f10", "f0p", "f12")
+        for k in ("i0", "i1", "it", *flows):
             x = batch[k]
             x = torch.where(flips[:, 0, None, None, None], x.flip(-1), x)
             batch[k] = torch.where(flips[:, 1, None, None, None], x.flip(-2), x)
-        for k in ("f01", "f10"):  # a mirrored image mirrors its flow's component too
+        for k in flows:  # a mirrored image mirrors its flow's component too
             f = batch[k]
             f = torch.where(flips[:, 0, None, None, None], f * torch.tensor([-1.0, 1.0], device=device)[:, None, None], f)
             batch[k] = torch.where(flips[:, 1, None, None, None], f * torch.tensor([1.0, -1.0], device=device)[:, None, None], f)
         rev = flips[:, 2, None, None, None]
         i0, i1 = torch.where(rev, batch["i1"], batch["i0"]), torch.where(rev, batch["i0"], batch["i1"])
         f01, f10 = torch.where(rev, batch["f10"], batch["f01"]), torch.where(rev, batch["f01"], batch["f10"])
+        # reversed, the frame before 0 is the one after 1: F_0->-1 and F_1->2 trade places
+        f0p, f12 = torch.where(rev, batch["f12"], batch["f0p"]), torch.where(rev, batch["f0p"], batch["f12"])
         t = torch.where(flips[:, 2], 1 - batch["t"], batch["t"])
-        out = model(i0, i1, f01, f10, t)
+        # the motion mav interpolate uses: constant acceleration fitted to the neighbours' flows
+        out = model(i0, i1, f01, f10, t, f0p, f12)
         return torch.sqrt((out - batch["it"]) ** 2 + 1e-6).mean()  # Charbonnier (a smooth L1)
 
     def _low_res(self, hi: torch.Tensor, low_size: int, indices) -> torch.Tensor:
