@@ -6,8 +6,9 @@ Reports the median ms of each, the speed-up (anchor / mavcli) and mavcli's rate 
 beside this machine's dense matmul rate. For the attention block it also times the block's
 matrix products alone, back to back on tensors of the same shapes (`attention_matmuls`): no
 softmax, norm, GELU or copy. That is the block's floor with this machine's GEMMs: an
-implementation of the same math in the same precision can only add to it. FLOPs are the layer's nominal count: what
-`torch.utils.flop_counter` counts for the straightforward computation (direct convolution,
+implementation of the same math in the same precision can only add to it.
+
+FLOPs are the layer's nominal count: what `torch.utils.flop_counter` counts for the straightforward computation (direct convolution,
 attention as two matmuls), the same work the anchor does. A rate above the matmul rate means
 mavcli did the job with fewer FLOPs than that (Winograd convolution).
 """
