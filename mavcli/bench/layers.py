@@ -8,9 +8,10 @@ matrix products alone, back to back on tensors of the same shapes (`attention_ma
 softmax, norm, GELU or copy. That is the block's floor with this machine's GEMMs: an
 implementation of the same math in the same precision can only add to it.
 
-FLOPs are the layer's nominal count: what `torch.utils.flop_counter` counts for the straightforward computation (direct convolution,
-attention as two matmuls), the same work the anchor does. A rate above the matmul rate means
-mavcli did the job with fewer FLOPs than that (Winograd convolution).
+FLOPs are the layer's nominal count: what `torch.utils.flop_counter` counts for the
+straightforward computation (direct convolution, attention as two matmuls), the same work the
+anchor does. A rate above the matmul rate means mavcli did the job with fewer FLOPs than that
+(Winograd convolution).
 """
 
 from __future__ import annotations
