@@ -146,10 +146,10 @@ def test_clip_windows_carry_their_neighbours_flows_for_quadratic_motion():
 
     clip = moving(32, 32, frames=8, dx=2)
     data = ClipWindows([clip], skips=(2,), portion=1.0, crop=32)  # the whole frame: a sample names its window
+    frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
     starts = set()
     for seed in range(40):
         s = data.sample(torch.Generator().manual_seed(seed))
-        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
         start = next(k for k in range(len(clip)) if torch.equal(s["i0"], frames[k]))
         starts.add(start)
         win = data.windows[data.index[(0, start, 2)]]

@@ -135,7 +135,7 @@ def test_sr_stages_can_start_from_their_upsampled_input(tiny_pack, stage):
 
 
 
-def test_stage_samplers_pick_one_stage_sampler(tiny_pack, pipe):
+def test_stage_samplers_pick_one_stage_sampler(tiny_pack):
     """Pack setting `stage_samplers` overrides `sampler` for the stages it names only; a
     caller's sampler (one name or a dict per stage) overrides the pack's."""
     import dataclasses
