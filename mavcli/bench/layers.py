@@ -10,8 +10,7 @@ implementation of the same math in the same precision can only add to it.
 
 FLOPs are the layer's nominal count: what `torch.utils.flop_counter` counts for the
 straightforward computation (direct convolution, attention as two matmuls), the same work the
-anchor does. A rate above the matmul rate means mavcli did the job with fewer FLOPs than that
-(Winograd convolution).
+anchor does.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mavcli.bench.timing import interleaved_medians, matmul_gflops
-from mavcli.nn import Pseudo3DConv, SpatioTemporalAttention, winograd
+from mavcli.nn import Pseudo3DConv, SpatioTemporalAttention
 
 SEED_SHAPE = (1, 256, 8, 16, 16)  # the seed README's video: (batch, features, frames, height, width)
 ANCHOR_PACKAGE = "make-a-video-pytorch==0.4.0"
@@ -106,18 +105,12 @@ def attention_matmuls(
     return forward, forward_backward
 
 
-def _addmm_inplace_flop(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
-    """`c.addmm_(a, b)`, which torch's counter does not know (the attention's hand-written
-    backward accumulates v's input gradient with it)."""
-    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
-
-
 def _nominal_gflop(fn: Callable[[], None]) -> float:
-    """FLOPs of `fn` computed the straightforward way: Winograd off, math attention."""
+    """FLOPs of `fn` computed the straightforward way: attention as two matmuls (math kernel)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flop})
-    with winograd.fast_paths(False), sdpa_kernel(SDPBackend.MATH), counter:
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
         fn()
     return counter.get_total_flops() / 1e9
 

@@ -41,3 +41,16 @@ def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: in
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = interleaved_medians({"mm": lambda: a @ b}, rounds=rounds, device=device)["mm"]
     return 2 * n**3 / t / 1e9
+
+
+def torch_build() -> str:
+    """Which torch runs the benchmark: its version and build, e.g. 'torch 2.13.0+cpu (CPU-only
+    build)' or 'torch 2.14.1+cu130 (CUDA 13.0 build, no GPU visible)'. Builds differ in speed
+    and memory on the same CPU, so every benchmark says which one it measured."""
+    cuda = torch.version.cuda
+    if cuda is None:
+        build = "CPU-only build"
+    else:
+        build = f"CUDA {cuda} build, " + (f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+                                          else "no GPU visible")
+    return f"torch {torch.__version__} ({build}), {torch.get_num_threads()} threads"

@@ -70,6 +70,7 @@ def layers(
     import torch
 
     from mavcli.bench.layers import ANCHOR_INSTALL, run_layer_bench
+    from mavcli.bench.timing import torch_build
 
     with console.user_errors():
         size = _parse_shape(shape)
@@ -123,11 +124,11 @@ def layers(
         console.out.print(table)
         console.result(
             f"matmul rate: {result.matmul_gflops:.0f} GFLOP/s (1024x1024 @ 1024x1024, {dtype.value}). "
-            "GFLOP/s counts each layer's nominal FLOPs (direct convolution, attention as matmuls); "
-            "above the matmul rate means fewer FLOPs were needed (Winograd)."
+            "GFLOP/s counts each layer's nominal FLOPs (direct convolution, attention as matmuls)."
         )
         if result.anchor_error is not None:
             console.result(f"anchor not installed: {ANCHOR_INSTALL}")
+        console.result(torch_build())
 
 
 @bench_app.command("cascade")
@@ -143,6 +144,7 @@ def cascade(
 
     with console.user_errors():
         from mavcli.bench.cascade import run_cascade_bench
+        from mavcli.bench.timing import torch_build
         from mavcli.weights.resolve import resolve_pack
 
         path = pack if pack and Path(pack).is_dir() else str(resolve_pack(pack))
@@ -158,6 +160,7 @@ def cascade(
             table.add_row("peak memory (MiB)", f"{r.peak_mib:.0f}")
             table.add_row("memory before the run (MiB)", f"{r.baseline_mib:.0f}")
         console.out.print(table)
+        console.result(torch_build())
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mavcli.nn import winograd
 from mavcli.nn.shapes import check_input
 
 
@@ -72,60 +71,26 @@ class Pseudo3DConv(nn.Module):
             convolve_across_time = enable_time
         if not check_input(x, self.dim, "Pseudo3DConv"):
             return self.forward_frames(x, None)  # same kernels as a video's frames
-        b, _, frames, h, w = x.shape
-        frames_x = rearrange(x, "b c f h w -> (b f) c h w")
-        if convolve_across_time and self.temporal_conv is not None and winograd.use_winograd(x, self.spatial_conv):
-            # straight to a contiguous (b, c, f, h, w): the temporal conv's one transposing copy
-            y = winograd.conv3x3(frames_x, self.spatial_conv.weight, self.spatial_conv.bias, channels_last_out=True)
-            z = _temporal_conv_nhwc(self.temporal_conv, y, frames)  # (b, c_out, f, h*w), channels-last
-            return z.contiguous().view(b, -1, frames, h, w)
-        y = self.forward_frames(frames_x, frames, convolve_across_time)
+        frames = x.shape[2]
+        y = self.forward_frames(rearrange(x, "b c f h w -> (b f) c h w"), frames, convolve_across_time)
         return rearrange(y, "(b f) c h w -> b c f h w", f=frames)
 
     def forward_frames(
         self, x: torch.Tensor, frames: int | None, convolve_across_time: bool = True
     ) -> torch.Tensor:
         """The U-Net's internal layout: `x` is `((b f), c, h, w)`, frames stacked in the batch;
-        `frames=None` marks images. Returns `((b f), c_out, h, w)`.
-
-        On CPU in float32 the 3x3 spatial conv runs as Winograd F(4x4, 3x3) (4x fewer GEMM
-        FLOPs, see `winograd.py`) and hands the temporal conv a channels-last tensor, which
-        it reads as is; elsewhere (CUDA, bfloat16, other kernels) `F.conv2d` runs."""
-        time = frames is not None and convolve_across_time and self.temporal_conv is not None
-        sc = self.spatial_conv
-        if winograd.use_winograd(x, sc):
-            if not time:
-                return winograd.conv3x3(x, sc.weight, sc.bias)
-            y = winograd.conv3x3(x, sc.weight, sc.bias, channels_last_out=True)  # (n, h, w, c)
-            return temporal_conv_channels_last(self.temporal_conv, y, frames)
-        x = sc(x)
-        if not time:
+        `frames=None` marks images. Returns `((b f), c_out, h, w)`."""
+        x = self.spatial_conv(x)
+        if frames is None or not convolve_across_time or self.temporal_conv is None:
             return x
         return temporal_conv_frames(self.temporal_conv, x, frames)
 
 
 def temporal_conv_frames(conv: nn.Conv1d, x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Apply a Conv1d along time to `((b f), c, h, w)` without a `(b h w) c f` copy: the
-    kernel `(o, i, k)` runs as a 2-D conv `(o, i, k, 1)` over `(b, c, f, h*w)`."""
+    """Apply a Conv1d along time to `((b f), c, h, w)`. The kernel `(o, i, k)` runs as a 2-D
+    conv with kernel `(o, i, k, 1)` over `(b, c, f, (h w))`, which is the same sum and needs no
+    `((b h w), c, f)` transposing copy of the activations."""
     h, w = x.shape[-2:]
     y = rearrange(x, "(b f) c h w -> b c f (h w)", f=frames)
     y = F.conv2d(y, conv.weight.unsqueeze(-1), conv.bias, padding=(conv.padding[0], 0))
     return rearrange(y, "b c f (h w) -> (b f) c h w", h=h, w=w)
-
-
-def temporal_conv_channels_last(conv: nn.Conv1d, y: torch.Tensor, frames: int) -> torch.Tensor:
-    """The Conv1d along time on a channels-last `((b f), h, w, c)` tensor: viewed as the
-    channels-last `(b, c, f, h*w)` it runs as a `(k, 1)` conv2d with no input copy (oneDNN's
-    NHWC kernels). Returns `((b f), c_out, h, w)` contiguous."""
-    n, h, w, c = y.shape
-    z = _temporal_conv_nhwc(conv, y, frames)  # (b, c_out, f, h*w), channels-last
-    return z.permute(0, 2, 1, 3).reshape(n, -1, h, w)
-
-
-def _temporal_conv_nhwc(conv: nn.Conv1d, y: torch.Tensor, frames: int) -> torch.Tensor:
-    """`((b f), h, w, c)` channels-last -> `(b, c_out, f, h*w)` in channels-last memory."""
-    n, h, w, c = y.shape
-    return F.conv2d(
-        y.view(n // frames, frames, h * w, c).permute(0, 3, 1, 2),
-        conv.weight.unsqueeze(-1), conv.bias, padding=(conv.padding[0], 0),
-    )

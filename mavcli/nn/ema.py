@@ -66,9 +66,3 @@ class LearnedTemporalEMA(nn.Module):
         mix = self.kernel(x.shape[1]).to(x.dtype)  # (c, t, s)
         ema = torch.einsum("nsc,cts->ntc", x, mix)
         return x + self.gate.to(x.dtype) * ema
-
-    def forward_time_major(self, x: torch.Tensor) -> torch.Tensor:
-        """`x`: `(f, n, c)`, frames first -> same shape, `x + gate * EMA(x)`."""
-        mix = self.kernel(x.shape[0]).to(x.dtype)  # (c, t, s)
-        ema = torch.einsum("snc,cts->tnc", x, mix)
-        return x + self.gate.to(x.dtype) * ema

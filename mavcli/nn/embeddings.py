@@ -55,9 +55,6 @@ class Rotary(nn.Module):
     Channel pairs (2i, 2i+1) rotate together; for 2-D grids, the first d/2 channels rotate with
     the row and the next d/2 with the column; channels that do not fit a rotation pair are left
     as they are.
-
-    The attention layers rotate with `phasor` instead: each pair (2j, 2j+1) viewed as one complex
-    number times e^(i angle), a single vectorised pass with no interleaving copies.
     """
 
     def __init__(self, dim_head: int, ndim: int, theta: float = 10000.0) -> None:
@@ -102,19 +99,6 @@ class Rotary(nn.Module):
             ang = repeat(self._pair_angles(grid, device), "n r -> n (r two)", two=2)
             return ang.cos().to(dtype), ang.sin().to(dtype)
         return self._cached(("interleaved", tuple(grid), device, dtype), build)
-
-    def phasor(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.complex64) -> torch.Tensor:
-        """e^(i angle) for each channel pair (2j, 2j+1) at each grid position: `(n, dim_head // 2)`
-        complex, 1 for the pairs past `rot_dim` (not rotated). Rotating is then a complex multiply
-        of the pairs viewed as complex numbers. Cached per (grid, device, dtype)."""
-        if len(grid) != self.ndim:
-            raise ValueError(f"Rotary built for {self.ndim}-D grids got grid {grid}")
-
-        def build():
-            ang = self._pair_angles(grid, device)
-            ang = torch.cat([ang, ang.new_zeros(ang.shape[0], self.dim_head // 2 - ang.shape[1])], dim=1)
-            return torch.polar(torch.ones_like(ang), ang).to(dtype), None
-        return self._cached(("phasor", tuple(grid), device, dtype), build)[0]
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         if len(grid) != self.ndim:
