@@ -26,6 +26,7 @@ from einops import rearrange
 
 from mavcli.diffusion import CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
+from mavcli.models import SAMPLED_STAGES, STOP_AFTER_STAGES
 from mavcli.models.blocks import blend_known_frames, interp_conditioning, resize_frames
 from mavcli.models.text import with_word_tokens
 from mavcli.models.tiling import tiled
@@ -33,8 +34,7 @@ from mavcli.video import stream_segments
 from mavcli.weights.pack import Pack, load_pack
 
 ProgressCallback = Callable[[str, int, int], None]
-STAGE_ORDER = ("prior", "keyframes", "interpolation", "sr_video", "sr_image")
-STAGE_SEED_OFFSET = {name: i + 1 for i, name in enumerate(STAGE_ORDER)}
+STAGE_SEED_OFFSET = {name: i + 1 for i, name in enumerate(SAMPLED_STAGES)}
 
 
 @dataclass
@@ -427,6 +427,9 @@ class MakeAVideoPipeline:
         fps = float(fps or s.fps)
         if k < 1:
             raise UserInputError(f"the number of keyframes must be >= 1, got {k}")
+        if stop_after is not None and stop_after not in STOP_AFTER_STAGES:
+            raise UserInputError(f"stop_after={stop_after!r}: choose one of {', '.join(STOP_AFTER_STAGES)}")
+        runs = SAMPLED_STAGES[: SAMPLED_STAGES.index(stop_after) + 1] if stop_after else SAMPLED_STAGES
         timings: dict[str, float] = {}
 
         def timed(name, fn, *a, **kw):
@@ -444,7 +447,7 @@ class MakeAVideoPipeline:
         video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps,
                       candidates=candidates, matcher_guidance=matcher_guidance, **opts)
         out_fps = fps
-        if stop_after != "keyframes":
+        if "interpolation" in runs:
             fi = self.pack["interpolation"]
             cond = {}
             if fi.config.cond_dim:
@@ -454,9 +457,9 @@ class MakeAVideoPipeline:
             video = timed("interpolation", self.interpolate_video, video, frame_skip=skip, fps=fps, seed=seed,
                           cond=cond or None, **opts)
             out_fps = fps * skip
-        if stop_after not in ("keyframes", "interpolation"):
+        if "sr_video" in runs:
             video = timed("sr_video", self.super_resolve_video, video, seed=seed, **opts)
-        if stop_after is None:
+        if "sr_image" in runs:
             video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
         return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
 

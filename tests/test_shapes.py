@@ -287,7 +287,10 @@ def test_image_dataset_items() -> None:
     assert corner == BACKGROUNDS[facts["background"]]
 
 
+@pytest.mark.perf
 def test_render_speed() -> None:
+    """A timed check, off by default (`pytest -m perf` runs it): rendering must stay far below
+    a training step's cost."""
     spec = sample_spec(np.random.default_rng(0), shapes=["circle"])
     render(spec, 16, 64)
     times = []

@@ -160,3 +160,17 @@ def test_clear_errors():
         net(torch.randn(1, 3, 2, 8, 8), t)
     with pytest.raises(ValueError, match="one per level"):
         UnetConfig(dim_mults=(1, 2), attn_levels=(True,))
+
+
+def test_a_config_with_overrides_applies_them():
+    from mavcli.models.unet import UnetConfig
+
+    base = UnetConfig(dim=8, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2, blocks_per_level=1)
+    net = SpaceTimeUnet(base, dim=16)
+    assert net.config.dim == 16 and net.config.heads == 2
+    assert SpaceTimeUnet(dim=16, dim_mults=(1, 2), attn_levels=(False, True), dim_head=8, heads=2,
+                         blocks_per_level=1).config == net.config
+    with pytest.raises(TypeError, match="UnetConfig"):
+        SpaceTimeUnet(base, width=3)
+    with pytest.raises(TypeError, match="takes a UnetConfig"):
+        SpaceTimeUnet({"dim": 8})

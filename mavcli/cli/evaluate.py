@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,7 @@ from rich.table import Table
 from mavcli.cli import console
 from mavcli.cli.loading import check_matcher_options, open_pipeline
 from mavcli.errors import UserInputError
+from mavcli.models import STOP_AFTER_STAGES
 
 
 def check_choices(option: str, values, allowed) -> None:
@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
 
             check_choices("--motion", motions, MOTIONS)
             check_choices("--background", backgrounds, BACKGROUNDS)
-            if stop_after is not None and stop_after not in ("keyframes", "interpolation", "sr_video"):
-                raise UserInputError(f"--stop-after {stop_after!r}: choose keyframes, interpolation or sr_video")
+            if stop_after is not None and stop_after not in STOP_AFTER_STAGES:
+                raise UserInputError(f"--stop-after {stop_after!r}: choose one of {', '.join(STOP_AFTER_STAGES)}")
             check_matcher_options(candidates, matcher_guidance)
             if prompts_file is not None:
                 try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -16,6 +15,7 @@ from mavcli.cli import console
 from mavcli.cli.loading import check_matcher_options, open_pipeline
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
+from mavcli.models import SAMPLED_STAGES
 
 FORMATS = ("mp4", "gif", "webm", "png")
 MAX_PROMPT_CHARS = 500
@@ -28,11 +28,10 @@ def _slug(prompt: str) -> str:
 
 def _pairs(items: list[str], what: str, cast) -> dict:
     out = {}
-    stages = ("prior", "keyframes", "interpolation", "sr_video", "sr_image")
     for item in items:
         stage, sep, value = item.partition("=")
-        if not sep or stage not in stages:
-            raise UserInputError(f"{what} takes STAGE=VALUE with STAGE one of {', '.join(stages)}; got {item!r}")
+        if not sep or stage not in SAMPLED_STAGES:
+            raise UserInputError(f"{what} takes STAGE=VALUE with STAGE one of {', '.join(SAMPLED_STAGES)}; got {item!r}")
         try:
             out[stage] = cast(value)
         except ValueError:
@@ -125,7 +124,7 @@ def register(app: typer.Typer) -> None:
             step_table = _pairs(stage_steps, "--stage-steps", int)
             guide_table = _pairs(stage_guidance, "--stage-guidance", float)
             if steps is not None:
-                step_table = {s: step_table.get(s, steps) for s in ("prior", "keyframes", "interpolation", "sr_video", "sr_image")}
+                step_table = {s: step_table.get(s, steps) for s in SAMPLED_STAGES}
             if guidance is not None:
                 guide_table = {"prior": guidance, "keyframes": guidance, **guide_table}
             if any(v < 1 for v in step_table.values()):

@@ -1,6 +1,7 @@
-"""Network sizes of a whole pack, by preset: `tiny` (tests: channels 8-16, 16x16 frames) and
-`shapes` (the shipped default pack, sized for CPU training and a 60 s generation budget;
-the paper's ratios scaled down: keyframes -> x4 frames -> x2 -> x2 resolution)."""
+"""Network sizes and settings of a whole pack, by preset: `tiny` (tests: channels 8-16, 16x16
+frames) and `shapes` (the shipped default pack, sized for CPU training; the paper's ratios
+scaled down: keyframes -> x4 frames -> x2 -> x2 resolution). The `shapes` preset is the one
+source of the shipped pack's networks and settings: a fresh export gets what ships."""
 
 from __future__ import annotations
 
@@ -32,20 +33,11 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         e, t = 64, 128
         unet = dict(dim=32, dim_mults=(1, 2, 2), attn_levels=(False, True, True), dim_head=32, heads=4, blocks_per_level=1)
         sr = dict(dim=16, dim_mults=(1, 2, 2), dim_head=32, heads=2, blocks_per_level=1)
-        # SR trains on 32x32 crops; the decoder reads motion words from the word embeddings; F_i
-        # sees missing frames as the blend of their known neighbours and refines that blend from
-        # t = 0.1 (SDEdit): measured, it keeps the shapes that sampling from pure noise loses
-        # (README, "The shipped pack")
-        # the keyframe decoder draws motion in no particular direction (README): the pack's
-        # matcher steers its samples (classifier guidance at scale 100) and keeps the best of 4;
-        # measured on the held-out prompts, that takes motion from 28% to the figures in the README
-        # the SR stages refine their upsampled input from t = 0.1 (SR_l^t) and 0.2 (SR_h) instead
-        # of drawing from pure noise: measured, they then keep the keyframes' square corners
-        # (README, "The shipped pack", v7)
-        # the keyframe decoder samples ancestrally (DDPM): measured on validation prompts, its
-        # squares keep sharper corners than with the deterministic DPM-Solver++ (v8)
+        # exactly the shipped pack's settings (tests/test_train.py compares them with pack.json);
+        # the model card (mavcli/packs/shapes/README.md) says how each was chosen
         settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True,
-                                interp_start=0.1, keyframe_candidates=4, matcher_guidance=100.0,
+                                interp_start=0.1, keyframe_candidates=4, matcher_guidance=50.0,
+                                guidance={**PackSettings().guidance, "keyframes": 1.5},
                                 sr_video_start=0.1, sr_image_start=0.2, stage_samplers={"keyframes": "ddpm"},
                                 steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 8, "sr_image": 8})
         configs = {
@@ -56,9 +48,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         }
     else:
         raise ValueError(f"unknown preset {preset!r}; choose 'tiny' or 'shapes'")
-    # the decoder also pools the text into its time embedding: motion direction is a global fact.
-    # (frame_pos_cond, each frame's place in the clip, was tried on top: 900 steps from v3 left
-    # the sampled motion as independent of the direction word as before, so it is off here)
+    # the decoder also pools the text into its time embedding: motion direction is a global fact
     configs["keyframes"] = UnetConfig(**unet, cond_dim=e, context_dim=t, context_pool_heads=4, fps_cond=True)
     # F_i sees no text: frames, mask, frame skip and fps say all it needs, and the same network
     # then serves real footage, which has no caption

@@ -3,6 +3,7 @@ text and image encoders, by stage name, with the class and config each is built 
 
 from __future__ import annotations
 
+from mavcli.models import SAMPLED_STAGES
 from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
 from mavcli.models.matcher import MatcherConfig, VideoTextMatcher
 from mavcli.models.prior import Prior, PriorConfig
@@ -24,7 +25,7 @@ STAGES: dict[str, tuple[type, type]] = {
 }
 
 # what generation needs; the image encoder is only used to train the prior and decoder
-GENERATION_STAGES = ("text_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image")
+GENERATION_STAGES = ("text_encoder", *SAMPLED_STAGES)
 
 
 def build(stage: str, config) -> object:

@@ -89,13 +89,19 @@ class UnetConfig:
 
 class SpaceTimeUnet(nn.Module):
     """Pseudo-3D U-Net. `forward(x, t, ...)` returns the same layout as `x` with
-    `out_channels` channels; see the module docstring for the conditioning inputs."""
+    `out_channels` channels; see the module docstring for the conditioning inputs.
 
-    def __init__(self, config: UnetConfig | None = None, **kwargs) -> None:
+    Built from a `UnetConfig`, from keyword arguments (the config's fields), or from a config
+    with keyword overrides applied: `SpaceTimeUnet(UnetConfig(), dim=128)` has dim 128."""
+
+    def __init__(self, config: UnetConfig | None = None, **overrides) -> None:
         super().__init__()
-        config = config if config is not None else UnetConfig(**kwargs)
-        if kwargs and config is not None and not isinstance(config, UnetConfig):
-            raise TypeError("pass either a UnetConfig or keyword arguments")
+        if config is not None and not isinstance(config, UnetConfig):
+            raise TypeError(f"SpaceTimeUnet takes a UnetConfig, got {type(config).__name__}")
+        try:
+            config = dataclasses.replace(config, **overrides) if config is not None else UnetConfig(**overrides)
+        except TypeError as err:  # an unknown field name
+            raise TypeError(f"SpaceTimeUnet: {err}; the fields are those of UnetConfig") from None
         self.config = c = config
         emb_dim = c.dim * 4
         self.time_embed = ScalarEmbedding(emb_dim, scale=1000.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mavcli.errors import UserInputError
+from mavcli.models import SAMPLED_STAGES
 from mavcli.models.config import config_from_dict, config_to_dict
 from mavcli.models.presets import preset_configs
 from mavcli.models.stages import STAGES, build
@@ -29,7 +30,7 @@ SOURCES = {
     "matcher": ("matcher", ""),
     "flow_interpolation": ("flow_interpolation", ""),
 }
-CASCADE = ("text_encoder", "image_encoder", "prior", "keyframes", "interpolation", "sr_video", "sr_image", "matcher")
+CASCADE = ("text_encoder", "image_encoder", *SAMPLED_STAGES, "matcher")
 OPTIONAL = ("matcher",)  # a cascade pack works without it (no ranking or steering of keyframes)
 
 
@@ -91,18 +92,17 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
         networks[stage] = net
     _, settings = preset_configs(preset, len(vocab or ()))
     if base_pack is not None:
-        # the base's settings, except those that follow how a retrained network was trained
+        # sampling settings (steps, guidance, samplers, start times, candidates, matcher
+        # guidance) are the base pack's, never the preset's: they were tuned on that pack. Only
+        # what a retrained network was conditioned on in training follows the preset it used.
         def retrained(stage: str) -> bool:
             return stage in stages and (runs / stage / "last.safetensors").is_file()
 
         follow = {}
         if retrained("keyframes"):
             follow["decoder_word_tokens"] = settings.decoder_word_tokens
-        if retrained("matcher"):  # how the keyframes use it
-            follow.update(keyframe_candidates=settings.keyframe_candidates, matcher_guidance=settings.matcher_guidance)
-        if retrained("interpolation"):  # how F_i is conditioned and sampled
-            follow.update(interp_prefill=settings.interp_prefill, interp_start=settings.interp_start,
-                          steps={**base_pack.settings.steps, "interpolation": settings.steps["interpolation"]})
+        if retrained("interpolation"):
+            follow["interp_prefill"] = settings.interp_prefill
         settings = dataclasses.replace(base_pack.settings, **follow)
     pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)

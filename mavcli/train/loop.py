@@ -24,7 +24,8 @@ import torch.distributed as dist
 from mavcli.errors import UserInputError
 from mavcli.train.checkpoint import restore, save_checkpoint
 from mavcli.train.export import network_configs
-from mavcli.train.tasks import TRAIN_STAGES, Task, load_encoders, shapes_tokenizer
+from mavcli.train.stages import TRAIN_STAGES
+from mavcli.train.tasks import Task, load_encoders, shapes_tokenizer
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
 
         image_task = Task("keyframes_image", cfg.preset, cfg.seed, cfg.cond_drop, task.tokenizer, task.encoders,
                           cfg.images, cfg.videos)
-        init = image_task.build_model()
+        init = TRAIN_STAGES["keyframes_image"].build_model(image_task)
         _, _, tensors, _ = read_checkpoint(cfg.init_from)
         load_state_strict(init, {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}, cfg.init_from)
     torch.manual_seed(cfg.seed)
-    model = task.build_model(init).to(device)
+    stage = TRAIN_STAGES[cfg.stage]
+    model = stage.build_model(task, init).to(device)
     if cfg.init_pack and not resume:
         _load_from_pack(model, cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -192,7 +194,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         first = step * cfg.batch_size + rank * local
         indices = list(range(first, first + local))
         model.train()
-        loss = task.loss(wrapped, indices, step, device)
+        loss = stage.loss(task, wrapped, indices, step, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
