@@ -95,6 +95,10 @@ def test_generate_several_prompts_and_videos(tiny_pack_dir, tmp_path):
     ([PROMPT, "--stage-steps", "decoder=3"], "STAGE=VALUE"),
     ([PROMPT, "--pack", "no-such-pack"], "no-such-pack"),
     ([PROMPT, "--device", "cuda"], "cuda"),
+    ([PROMPT, "--steps", "0"], "--steps must be >= 1"),
+    ([PROMPT, "--stage-steps", "keyframes=0"], "--stage-steps keyframes=0"),
+    ([PROMPT, "--out", "x.xyz"], "does not write .xyz files"),
+    ([PROMPT, "--out", "x.gif"], "--format gif"),  # a format it does write: the flag that gets it
 ])
 def test_generate_bad_input(tiny_pack_dir, tmp_path, args, message):
     extra = [] if "--pack" in args else ["--pack", str(tiny_pack_dir)]

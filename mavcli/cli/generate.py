@@ -70,7 +70,12 @@ def _output_path(out: Optional[Path], fmt: str, prompt: str, seed: int, multiple
         # several videos, or an existing folder: OUT is a folder and names derive from prompts
         return out / f"{_slug(prompt)}-seed{seed}{suffix}"
     if fmt != "png" and out.suffix.lower() != suffix:
-        raise UserInputError(f"--out {out} does not end in {suffix}; use a {suffix} name or --format {out.suffix.lstrip('.') or 'png'}")
+        given = out.suffix.lstrip(".").lower() or "png"
+        if given not in FORMATS:
+            raise UserInputError(f"--out {out}: mav generate does not write .{given} files; "
+                                 f"use a name ending in {', '.join('.' + f for f in FORMATS if f != 'png')}, "
+                                 "or --format png for a folder of frames")
+        raise UserInputError(f"--out {out} does not end in {suffix}; use a {suffix} name or --format {given}")
     return out
 
 
@@ -123,12 +128,15 @@ def register(app: typer.Typer) -> None:
             items = _prompts(prompt, prompts)
             step_table = _pairs(stage_steps, "--stage-steps", int)
             guide_table = _pairs(stage_guidance, "--stage-guidance", float)
+            if steps is not None and steps < 1:
+                raise UserInputError(f"--steps must be >= 1 (sampler steps for every stage), got {steps}")
+            for stage, n in step_table.items():
+                if n < 1:
+                    raise UserInputError(f"--stage-steps {stage}={n}: steps must be >= 1")
             if steps is not None:
                 step_table = {s: step_table.get(s, steps) for s in SAMPLED_STAGES}
             if guidance is not None:
                 guide_table = {"prior": guidance, "keyframes": guidance, **guide_table}
-            if any(v < 1 for v in step_table.values()):
-                raise UserInputError("steps must be >= 1")
             base_seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31
             jobs = [(p, base_seed + i) for p in items for i in range(num_videos)]
             multiple = len(jobs) > 1
