@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from mavcli.cli import console
-from mavcli.cli.loading import check_matcher_options, open_pipeline
+from mavcli.cli.loading import check_matcher_options, open_pipeline, set_threads
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
 from mavcli.models import SAMPLED_STAGES
@@ -106,6 +106,7 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("mp4", "--format", "-f", help="mp4, gif, webm, or png (a folder of frames)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use, less those other processes keep busy)."),
         num_videos: int = typer.Option(1, "--num-videos", "-n", help="Videos per prompt (seeds seed, seed+1, ...)."),
         prompts: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the output paths."),
@@ -154,6 +155,9 @@ def register(app: typer.Typer) -> None:
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
+            threads_used = set_threads(threads)
+            if verbose:
+                console.err.print(threads_used)
             pipe = open_pipeline(pack, device)
             load_s = time.perf_counter() - t0
             s = pipe.settings

@@ -16,6 +16,20 @@ def check_matcher_options(candidates: int | None, matcher_guidance: float | None
         raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
 
 
+def set_threads(threads: int | None) -> str:
+    """Give torch's (and OpenCV's) CPU pools `threads` threads, or as many as this process can
+    really use now (mavcli.runtime.choose_threads); returns the choice in words."""
+    import cv2
+    import torch
+
+    from mavcli.runtime import choose_threads
+
+    choice = choose_threads(threads)
+    torch.set_num_threads(choice.threads)
+    cv2.setNumThreads(choice.threads)
+    return choice.describe()
+
+
 def open_pipeline(pack: str | None, device: str):
     from mavcli.pipeline import MakeAVideoPipeline
 
