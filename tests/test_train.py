@@ -93,6 +93,31 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         train(TrainConfig(out=str(tmp_path / "c"), **base), resume=True)
 
 
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
+    from mavcli.errors import PackError
+    from mavcli.train.checkpoint import previous_path
+
+    base = dict(stage="sr_image", preset="tiny", steps=6, batch_size=4, ckpt_every=2, warmup=2)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **base))
+    cfg = TrainConfig(out=str(tmp_path / "b"), **base)
+    train(cfg, stop_at=4)  # checkpoints at steps 2 and 4
+    last = tmp_path / "b" / "sr_image" / "last.safetensors"
+    assert read_checkpoint(last)[0] == 4 and read_checkpoint(previous_path(last))[0] == 2
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # e.g. a full disk
+    heard = []
+    resumed = train(cfg, resume=True, on_message=heard.append)
+    assert len(heard) == 1 and "cannot be read" in heard[0] and "(step 2)" in heard[0]
+    a, b = _weights(straight), _weights(resumed)  # steps 3-6 again from step 2: the same run
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # nothing to fall back to: the message says what to do
+    c = TrainConfig(out=str(tmp_path / "c"), **{**base, "steps": 2})
+    only = train(c)
+    only.write_bytes(b"garbage")
+    with pytest.raises(PackError, match="start the stage again without --resume"):
+        train(c, resume=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

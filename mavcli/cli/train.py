@@ -102,7 +102,7 @@ def _make_command(stage: str):
                                           highlight=False, soft_wrap=True)
                         losses.clear()
 
-                last = train(cfg, resume=resume, device=dev, on_step=on_step)
+                last = train(cfg, resume=resume, device=dev, on_step=on_step, on_message=console.warn)
             console.result(str(last))
 
     command.__doc__ = f"Train {STAGE_HELP[stage]}."

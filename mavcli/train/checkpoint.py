@@ -1,6 +1,8 @@
 """Training checkpoints as one safetensors file: model, EMA and optimizer tensors plus JSON
 metadata (step, configs). Written to a temporary name and renamed, so a run killed at any
-moment leaves its last good checkpoint intact. Never pickle."""
+moment leaves its last good checkpoint intact; the one before it is kept beside it
+(`previous_path`), so a checkpoint damaged later (a full disk, a bad copy) still leaves one
+to resume from. Never pickle."""
 
 from __future__ import annotations
 
@@ -30,8 +32,15 @@ def _optimizer_tensors(opt: torch.optim.Optimizer, names: dict[int, str]) -> tup
     return tensors, scalars
 
 
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint before `path` is kept: `last.safetensors` -> `last-previous.safetensors`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-previous{path.suffix}")
+
+
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema: torch.nn.Module | None,
                     optimizer: torch.optim.Optimizer | None, step: int, meta: dict) -> Path:
+    """Write the checkpoint to `path`; the file that was there becomes `previous_path(path)`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -44,6 +53,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema: tor
         tensors.update(opt_tensors)
     metadata = {"format": "mavcli-checkpoint", "step": str(step), "meta": json.dumps(meta),
                 "optim_scalars": json.dumps(scalars)}
+    if path.is_file():
+        os.replace(path, previous_path(path))
     return save_file_atomic(tensors, path, metadata)
 
 
@@ -60,11 +71,32 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict, dict[str, torch
     return int(md["step"]), json.loads(md["meta"]), tensors, json.loads(md.get("optim_scalars", "{}"))
 
 
-def restore(path, *, model, ema, optimizer) -> tuple[int, dict]:
-    """Load a checkpoint into model / EMA / optimizer (strict); returns (step, meta)."""
+def read_checkpoint_or_previous(path: str | os.PathLike, on_message=None) -> tuple[Path, tuple]:
+    """`read_checkpoint(path)`, or, when that file is missing or unreadable, the previous
+    checkpoint kept beside it (saying so through `on_message(str)`). Returns (the file read,
+    its contents)."""
+    path, prev = Path(path), previous_path(path)
+    try:
+        return path, read_checkpoint(path)
+    except (PackError, OSError) as err:
+        if not prev.is_file():
+            problem = "does not exist" if not path.exists() else f"cannot be read ({err})"
+            raise PackError(f"checkpoint {path} {problem}, and there is no earlier checkpoint ({prev.name}) to "
+                            "fall back to: start the stage again without --resume (the damaged file is left as it "
+                            "is), or put a good copy of the checkpoint in its place") from None
+        contents = read_checkpoint(prev)
+        if on_message is not None:
+            what = "is missing" if not path.exists() else "cannot be read"
+            on_message(f"{path} {what}; resuming from the checkpoint before it, {prev.name} (step {contents[0]})")
+        return prev, contents
+
+
+def restore(path, *, model, ema, optimizer, on_message=None) -> tuple[int, dict]:
+    """Load a checkpoint into model / EMA / optimizer (strict); returns (step, meta). A missing
+    or damaged `path` falls back to the checkpoint before it (`read_checkpoint_or_previous`)."""
     from mavcli.weights.safetensors_io import load_state_strict
 
-    step, meta, tensors, scalars = read_checkpoint(path)
+    path, (step, meta, tensors, scalars) = read_checkpoint_or_previous(path, on_message)
     sub = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
     load_state_strict(model, sub("model/"), f"{path} (model)")
     if ema is not None:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from mavcli.errors import UserInputError
-from mavcli.train.checkpoint import restore, save_checkpoint
+from mavcli.train.checkpoint import previous_path, restore, save_checkpoint
 from mavcli.train.export import network_configs
 from mavcli.train.stages import TRAIN_STAGES
 from mavcli.train.tasks import Task, load_encoders, shapes_tokenizer
@@ -133,9 +133,12 @@ def build_task(cfg: TrainConfig) -> Task:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",
-          on_step: Callable[[StepReport], None] | None = None, stop_at: int | None = None) -> Path:
+          on_step: Callable[[StepReport], None] | None = None, stop_at: int | None = None,
+          on_message: Callable[[str], None] | None = None) -> Path:
     """Train one stage; returns the path of the last checkpoint. `stop_at` ends the run early
-    (at that step) with the schedule of the full `cfg.steps`, as a killed run would."""
+    (at that step) with the schedule of the full `cfg.steps`, as a killed run would.
+    `on_message(str)` hears what the user should know (e.g. a resume from the previous
+    checkpoint because the last one is damaged)."""
     rank, world = init_distributed()
     if cfg.batch_size % world:
         raise UserInputError(f"batch size {cfg.batch_size} does not split over {world} processes")
@@ -176,9 +179,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
     last = out / "last.safetensors"
     start = 0
     if resume:
-        if not last.is_file():
+        if not last.is_file() and not previous_path(last).is_file():
             raise UserInputError(f"nothing to resume: {last} does not exist (start without --resume)")
-        start, meta = restore(last, model=model, ema=ema, optimizer=opt)
+        start, meta = restore(last, model=model, ema=ema, optimizer=opt, on_message=on_message)
         if meta.get("config", {}).get("stage") != cfg.stage:
             raise UserInputError(f"{last} is a checkpoint of stage {meta.get('config', {}).get('stage')}, not {cfg.stage}")
     wrapped = model
