@@ -47,6 +47,14 @@ class VideoOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
+class MemoryLimitError(UserInputError):
+    """A request that would not fit in memory; `most_keyframes` is the largest that would."""
+
+    def __init__(self, message: str, *, most_keyframes: int, frame_skip: int) -> None:
+        super().__init__(message)
+        self.most_keyframes, self.frame_skip = most_keyframes, frame_skip
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) picks cuda, then mps, then cpu; an unavailable device is a clear error."""
     name = "auto" if device is None else str(device)
@@ -409,6 +417,48 @@ class MakeAVideoPipeline:
         video = self.super_resolve_frames(video, seed=seed, callback=callback)
         return VideoOutput(tensor_to_frames(video), 0.0, seed)
 
+    # Peak memory of a generation, fitted to `mav generate`'s peak RSS with the shapes pack
+    # (29, 113 and 449 frames; 1 and 4 candidates): each output frame costs about 8 float32
+    # copies of itself (the video at every resolution, the uint8 result, SR chunks in flight),
+    # each keyframe of each candidate about 80 float32 copies of a keyframe (D^t's activations
+    # over the whole clip, kept for the matcher's gradient); the networks and torch ~0.4 GB.
+    _BYTES_PER_OUTPUT_FRAME = 8 * 4
+    _BYTES_PER_KEYFRAME = 80 * 4
+    _BYTES_FIXED = 400 * 2**20
+
+    def estimate_memory(self, num_keyframes: int, frame_skip: int | None = None, candidates: int | None = None) -> int:
+        """Bytes a generation of `num_keyframes` keyframes will need at its peak (see above)."""
+        s = self.settings
+        skip = frame_skip or s.frame_skip
+        n = s.keyframe_candidates if candidates is None else candidates
+        out_frames = (num_keyframes - 1) * skip + 1
+        per_frame = 3 * s.sr_image_size**2 * self._BYTES_PER_OUTPUT_FRAME
+        per_key = 3 * s.keyframe_size**2 * self._BYTES_PER_KEYFRAME
+        return self._BYTES_FIXED + out_frames * per_frame + n * num_keyframes * per_key
+
+    def check_memory(self, num_keyframes: int, frame_skip: int | None = None, candidates: int | None = None,
+                     available: int | None = None) -> None:
+        """Refuse (UserInputError) a request that would not fit in the memory this process has
+        left (`available`, default: what mavcli.runtime.available_memory reads), naming the
+        most keyframes that would fit."""
+        from mavcli.runtime import available_memory
+
+        if self.device.type != "cpu":
+            return  # GPU memory is the device's; torch reports an out-of-memory error there
+        available = available_memory() if available is None else available
+        need = self.estimate_memory(num_keyframes, frame_skip, candidates)
+        if available is None or need <= available:
+            return
+        skip = frame_skip or self.settings.frame_skip
+        # the estimate is linear in the keyframes: estimate(k) = estimate(1) + (k - 1) * slope
+        one = self.estimate_memory(1, frame_skip, candidates)
+        slope = self.estimate_memory(2, frame_skip, candidates) - one
+        most = max(1, 1 + (available - one) // slope)
+        raise MemoryLimitError(
+            f"{num_keyframes} keyframes ({(num_keyframes - 1) * skip + 1} frames) need about {need / 2**30:.1f} GiB "
+            f"of memory and {available / 2**30:.1f} GiB is available; the most that fits now is {most} keyframes "
+            f"({(most - 1) * skip + 1} frames)", most_keyframes=most, frame_skip=skip)
+
     def __call__(self, prompt: str, *, seed: int | None = None, num_keyframes: int | None = None,
                  fps: float | None = None, frame_skip: int | None = None, steps: dict | int | None = None,
                  guidance: dict | float | None = None, sampler: dict | str | None = None,
@@ -430,6 +480,7 @@ class MakeAVideoPipeline:
         if stop_after is not None and stop_after not in STOP_AFTER_STAGES:
             raise UserInputError(f"stop_after={stop_after!r}: choose one of {', '.join(STOP_AFTER_STAGES)}")
         runs = SAMPLED_STAGES[: SAMPLED_STAGES.index(stop_after) + 1] if stop_after else SAMPLED_STAGES
+        self.check_memory(k, skip, candidates)
         timings: dict[str, float] = {}
 
         def timed(name, fn, *a, **kw):

@@ -106,3 +106,29 @@ def choose_threads(requested: int | None = None, *, busy: float | None = None) -
     if threads < allowed:
         reason += f", {taken} kept busy by other processes"
     return ThreadChoice(threads, allowed, busy, reason)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping or being killed: the kernel's
+    MemAvailable, capped by the cgroup's memory limit (v2 `memory.max` - `memory.current`,
+    v1 `memory.limit_in_bytes` - `memory.usage_in_bytes`). None where the system does not say."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    root = Path("/sys/fs/cgroup")
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                continue
+            left = int(limit) - int((root / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        avail = left if avail is None else min(avail, left)
+    return avail

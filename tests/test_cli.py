@@ -111,6 +111,21 @@ def test_generate_bad_input(tiny_pack_dir, tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_generate_more_frames_than_memory_holds_exits_2_before_writing(tiny_pack_dir, tmp_path, monkeypatch):
+    import mavcli.runtime
+
+    monkeypatch.setattr(mavcli.runtime, "available_memory", lambda: 410 * 2**20)
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--frames", "100000", "--seed", "0", cwd=tmp_path)
+    assert r.exit_code == 2, r.output
+    assert "--frames 100000" in r.stderr and "Ask for at most --frames" in r.stderr
+    most = int(r.stderr.split("Ask for at most --frames")[1].split()[0].rstrip(","))
+    assert 1 < most < 100000
+    assert list(tmp_path.iterdir()) == []
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--frames", str(most), "--steps", "1", "--seed", "0",
+            "-o", "ok.mp4", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+
+
 def test_generate_unknown_words_warns(tiny_pack_dir, tmp_path):
     r = run("generate", "a red zigzag moving left", "--pack", str(tiny_pack_dir), "--seed", "0", "--out", str(tmp_path / "z.mp4"))
     assert r.exit_code == 0

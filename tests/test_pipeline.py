@@ -299,3 +299,15 @@ def test_decoder_reads_word_embeddings_when_the_pack_says_so(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "settings", dataclasses.replace(pipe.settings, decoder_word_tokens=False))
     ctx, cmask = pipe.decoder_context([prompt], tokens, mask)
     assert ctx is tokens and cmask is mask
+
+
+def test_a_request_that_cannot_fit_is_refused_with_the_most_that_fits(pipe):
+    from mavcli.pipeline import MemoryLimitError
+
+    need = pipe.estimate_memory(40)
+    assert need > pipe.estimate_memory(39) > pipe.estimate_memory(1) > 0
+    pipe.check_memory(40, available=need)  # just fits
+    with pytest.raises(MemoryLimitError, match="the most that fits now is 39 keyframes") as err:
+        pipe.check_memory(40, available=need - 1)
+    assert err.value.most_keyframes == 39
+    assert pipe.estimate_memory(3, candidates=4) > pipe.estimate_memory(3, candidates=1)

@@ -152,6 +152,7 @@ def register(app: typer.Typer) -> None:
             if seed is None:
                 console.info(f"seed {base_seed} (pass --seed {base_seed} to reproduce)")
 
+            from mavcli.pipeline import MemoryLimitError
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
@@ -164,6 +165,12 @@ def register(app: typer.Typer) -> None:
             skip = s.frame_skip
             keyframes = None if frames is None else max(1, math.ceil((frames - 1) / skip) + 1)
             key_fps = None if fps is None else fps / skip
+            try:  # before any video: a request that cannot fit is refused, not killed midway
+                pipe.check_memory(keyframes or s.keyframes, skip, candidates)
+            except MemoryLimitError as err:
+                most = (err.most_keyframes - 1) * skip + 1
+                raise UserInputError(f"--frames {frames or (s.keyframes - 1) * skip + 1}: {err}. "
+                                     f"Ask for at most --frames {most}, or free memory") from None
             for (text, sd), path in zip(jobs, paths):
                 label = f"[{jobs.index((text, sd)) + 1}/{len(jobs)}] " if multiple else ""
                 with CascadeProgress(label, disable=quiet) as progress:
