@@ -129,6 +129,11 @@ class FlowInterpolator:
     def interpolate_stream(self, frames: Iterable[np.ndarray], factor: int, *, cuts: Iterable[int] = (),
                            chunk: int = 9, callback: Callable[[str, int, int], None] | None = None) -> Iterator[np.ndarray]:
         """`factor` times the frames of a stream of uint8 frames, scene cuts bridged by copies
-        (see `mavcli.video.stream_segments`)."""
-        yield from stream_segments(frames, factor, lambda seg: self.run(seg, factor), cuts=cuts, chunk=chunk,
-                                   callback=callback)
+        (see `mavcli.video.stream_segments`). Each chunk gets the frames on either side of it,
+        so the motion at chunk boundaries follows its neighbours as in `run` on the whole clip:
+        the streamed output equals `run(all frames, factor, breaks=pairs across cuts)`."""
+        def run_segment(seg: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> np.ndarray:
+            return self.run(seg, factor, before=before, after=after)
+
+        yield from stream_segments(frames, factor, run_segment, cuts=cuts, chunk=chunk, callback=callback,
+                                   context=True)

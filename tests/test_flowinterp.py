@@ -251,6 +251,20 @@ def test_stream_bridges_scene_cuts_with_copies():
     assert np.array_equal(np.stack(out[6:]), interp.run(b, 2))
 
 
+def test_streamed_output_equals_run_over_the_whole_clip():
+    """What `mav interpolate` writes (chunks of `chunk` frames) is what `run` makes of the whole
+    clip, the path `mav eval interpolate` measures: chunk boundaries keep their neighbours'
+    motion. The pan accelerates, so linear motion at a boundary would differ."""
+    interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
+    clip = accelerating(frames=9)
+    whole = interp.run(clip, 2)
+    for chunk in (3, 4, 9):
+        streamed = np.stack(list(interp.interpolate_stream(iter(clip), 2, chunk=chunk)))
+        assert np.array_equal(streamed, whole), chunk
+    linear = FlowInterpolator(interp.net, quadratic=False).run(clip, 2)
+    assert not np.array_equal(linear, whole)
+
+
 @pytest.fixture(scope="module")
 def flow_pack(tmp_path_factory):
     """A tiny trained interpolator exported as a pack of its own (no text stage, no tokenizer)."""
