@@ -46,6 +46,7 @@ class Attention(nn.Module):
         rotary_ndim: int = 0,
         causal: bool = False,
         zero_init_out: bool = False,
+        out_bias: bool = False,
     ) -> None:
         super().__init__()
         if dim_head < 1 or heads < 1:
@@ -62,9 +63,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(dim_head) if qk_norm else None
         self.k_norm = RMSNorm(dim_head) if qk_norm else None
         self.rotary = Rotary(dim_head, rotary_ndim) if rotary_ndim and not self.is_cross else None
-        self.to_out = nn.Linear(inner, dim, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=out_bias)
         if zero_init_out:
             nn.init.zeros_(self.to_out.weight)
+            if out_bias:
+                nn.init.zeros_(self.to_out.bias)
 
     def forward(
         self,
@@ -92,11 +95,12 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Pre-norm GEGLU feed-forward applied at every token: `(..., dim) -> (..., dim)`."""
+    """Pre-norm GEGLU feed-forward applied at every token: `(..., dim) -> (..., dim)`.
+    `inner` (default: 2/3 of `mult * dim`, the parameters of a plain MLP) is the GEGLU width."""
 
-    def __init__(self, dim: int, mult: float = 4.0) -> None:
+    def __init__(self, dim: int, mult: float = 4.0, inner: int | None = None) -> None:
         super().__init__()
-        inner = int(dim * mult * 2 / 3)  # GEGLU: keep parameters equal to a plain mult-x MLP
+        inner = int(dim * mult * 2 / 3) if inner is None else inner
         self.norm = nn.LayerNorm(dim)
         self.proj_in = nn.Linear(dim, inner * 2)
         self.proj_out = nn.Linear(inner, dim)

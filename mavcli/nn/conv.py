@@ -94,3 +94,35 @@ def temporal_conv_frames(conv: nn.Conv1d, x: torch.Tensor, frames: int) -> torch
     y = rearrange(x, "(b f) c h w -> b c f (h w)", f=frames)
     y = F.conv2d(y, conv.weight.unsqueeze(-1), conv.bias, padding=(conv.padding[0], 0))
     return rearrange(y, "b c f (h w) -> (b f) c h w", h=h, w=w)
+
+
+class TemporalConvStack(nn.Module):
+    """The temporal convolutions of ModelScope's pseudo-3D U-Net (Wang et al. 2023, "ModelScope
+    text-to-video"), Make-A-Video's Conv1D_time of eq. 1 deepened: `depth` layers of
+    (GroupNorm, SiLU, conv along time), added to the input. The last conv starts at zero, so the
+    stack starts as the identity like `Pseudo3DConv`'s Dirac kernel.
+
+    Unlike every other norm in mavcli, the GroupNorm here takes its statistics over the whole
+    clip (channels of a group x frames x pixels), because the published weights were trained so.
+
+    Shapes: `((b f), c, h, w)` with `frames=f` -> same.
+    """
+
+    def __init__(self, dim: int, *, groups: int = 32, depth: int = 4, kernel_size: int = 3, eps: float = 1e-5) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"TemporalConvStack needs an odd kernel_size, got {kernel_size}")
+        self.norms = nn.ModuleList(nn.GroupNorm(groups, dim, eps=eps) for _ in range(depth))
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2) for _ in range(depth))
+        nn.init.zeros_(self.convs[-1].weight)
+        nn.init.zeros_(self.convs[-1].bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+        skip = y
+        for norm, conv in zip(self.norms, self.convs):
+            y = F.silu(norm(y))  # 5-D input: statistics over (c / groups, f, h, w)
+            y = F.conv2d(y.flatten(3), conv.weight.unsqueeze(-1), conv.bias, padding=(conv.padding[0], 0))
+            y = y.unflatten(3, (h, w))
+        return rearrange(skip + y, "b c f h w -> (b f) c h w")

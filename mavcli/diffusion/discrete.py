@@ -1,0 +1,116 @@
+"""Discrete-time diffusion as the published latent video models were trained with it (DDPM,
+Ho et al. 2020: 1000 steps and a beta schedule), and deterministic DDIM sampling on it (Song et
+al. 2021, eta = 0), so their weights sample as their authors' scheduler samples them.
+
+mavcli's own networks use the continuous cosine schedule of `schedule.py`; these models' noise
+levels are fixed by their training, so their schedule is read from the repository's
+`scheduler/scheduler_config.json` into `DiscreteSchedule`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Callback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class DiscreteSchedule:
+    """The training noise levels alpha_bar[0 .. n-1] and how a sampler picks its timesteps."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"  # "linear" | "scaled_linear" | "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"  # "epsilon" | "v_prediction" | "sample"
+    timestep_spacing: str = "leading"  # "leading" | "trailing" | "linspace"
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+            raise ValueError(f"beta_schedule {self.beta_schedule!r} is not supported")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type {self.prediction_type!r} is not supported")
+        if self.timestep_spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(f"timestep_spacing {self.timestep_spacing!r} is not supported")
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        n = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float32)
+        elif self.beta_schedule == "scaled_linear":  # linear in sqrt(beta), Stable Diffusion's
+            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float32) ** 2
+        else:  # Nichol & Dhariwal 2021, betas capped at 0.999
+            def abar(s: float) -> float:
+                return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+            betas = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+        return torch.cumprod(1.0 - betas, dim=0)
+
+    def timesteps(self, steps: int, strength: float = 1.0) -> list[int]:
+        """Descending training timesteps for `steps` sampler steps. `strength < 1` (video-to-video:
+        start from a partly noised input) keeps only the last `round(steps * strength)` of them."""
+        n = self.num_train_timesteps
+        if not 1 <= steps <= n:
+            raise ValueError(f"steps must be in 1..{n}, got {steps}")
+        if self.timestep_spacing == "leading":
+            ts = [i * (n // steps) + self.steps_offset for i in range(steps)][::-1]
+        elif self.timestep_spacing == "trailing":
+            ts = [round(n - i * n / steps) - 1 for i in range(steps)]
+        else:
+            ts = [round(i * (n - 1) / max(steps - 1, 1)) for i in range(steps)][::-1]
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        keep = min(steps, max(1, int(steps * strength)))
+        return ts[steps - keep:]
+
+
+def add_noise(schedule: DiscreteSchedule, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise."""
+    a = schedule.alphas_cumprod()[t]
+    return a**0.5 * x0 + (1 - a) ** 0.5 * noise
+
+
+def ddim_step(schedule: DiscreteSchedule, alphas: torch.Tensor, pred: torch.Tensor, t: int, x: torch.Tensor,
+              steps: int) -> torch.Tensor:
+    """One DDIM step (eta = 0) from timestep t to t - n // steps, the model's `pred` read per
+    the schedule's prediction type."""
+    prev = t - schedule.num_train_timesteps // steps
+    a_t = alphas[t]
+    if prev >= 0:
+        a_prev = alphas[prev]
+    else:
+        a_prev = torch.tensor(1.0) if schedule.set_alpha_to_one else alphas[0]
+    b_t = 1 - a_t
+    if schedule.prediction_type == "epsilon":
+        x0 = (x - b_t**0.5 * pred) / a_t**0.5
+        eps = pred
+    elif schedule.prediction_type == "v_prediction":
+        x0 = a_t**0.5 * x - b_t**0.5 * pred
+        eps = a_t**0.5 * pred + b_t**0.5 * x
+    else:
+        x0 = pred
+        eps = (x - a_t**0.5 * x0) / b_t**0.5
+    if schedule.clip_sample:  # the clean estimate only; the noise direction stays the model's
+        x0 = x0.clamp(-schedule.clip_sample_range, schedule.clip_sample_range)
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
+def sample_ddim_discrete(model: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, steps: int, *,
+                         schedule: DiscreteSchedule, strength: float = 1.0,
+                         callback: Callback | None = None) -> torch.Tensor:
+    """Deterministic DDIM from pure noise (`strength` 1) or from a noised input at the first
+    kept timestep. `model(x, t) -> prediction`; `x` `(b, ...)`."""
+    alphas = schedule.alphas_cumprod()
+    ts = schedule.timesteps(steps, strength)
+    for i, t in enumerate(ts):
+        x = ddim_step(schedule, alphas, model(x, t), t, x, steps)
+        if callback:
+            callback(i + 1, len(ts))
+    return x

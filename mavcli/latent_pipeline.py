@@ -1,0 +1,255 @@
+"""The cascade for open latent video models (ModelScope text-to-video, Zeroscope) in mavcli:
+
+    prompt -> CLIP tokens -> text encoder C_x -> keyframes D^t (LatentUnet3D, mavcli's pseudo-3D
+    U-Net, sampled with DDIM on the repository's own noise schedule, classifier-free guidance
+    against the negative prompt) -> VAE decode -> F_i (the real-footage flow interpolator)
+    -> optional SR_l^t (a second latent model, e.g. Zeroscope XL, as video-to-video: upscale,
+    VAE encode, noise to a start time, denoise, decode) -> video.
+
+These packs have no prior P (the U-Net reads the text tokens directly) and no pixel SR_h.
+The VAE and the text encoder come from diffusers and transformers (the optional extra
+`mavcli[open-weights]`); the U-Net is mavcli's own (`mavcli.models.latent_unet`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mavcli.diffusion.discrete import DiscreteSchedule, add_noise, sample_ddim_discrete
+from mavcli.errors import PackError, UserInputError
+from mavcli.models.latent_unet import LatentUnet3D
+from mavcli.weights import diffusers_layout as layout
+
+ProgressCallback = Callable[[str, int, int], None]
+LATENT_STAGES = ("keyframes", "vae_decode", "interpolation", "upscale")
+
+
+@dataclass
+class LatentSettings:
+    """Sampling defaults of a latent pack (the values its authors' pipeline uses)."""
+
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    fps: float = 8.0
+    steps: int = 50
+    guidance: float = 9.0
+    upscale_strength: float = 0.6
+    vae_batch: int = 4  # frames per VAE call: bounds the decoder's memory
+
+
+@dataclass
+class LatentVideo:
+    frames: np.ndarray  # uint8 (f, h, w, 3)
+    fps: float
+    seed: int
+    prompt: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware runs it natively (CUDA with bf16; CPUs with AVX512-BF16 or
+    AMX), float32 otherwise: on other CPUs bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return torch.float32
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            return torch.bfloat16
+    return torch.float32
+
+
+class LatentVideoPipeline:
+    """A diffusers-layout latent video model, run through mavcli's networks and samplers."""
+
+    def __init__(self, unet: LatentUnet3D, vae, text_encoder, tokenizer, schedule: DiscreteSchedule, *,
+                 path: Path | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 settings: LatentSettings | None = None) -> None:
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet, self.vae, self.text_encoder = (_placed(m, self.device, dtype) for m in (unet, vae, text_encoder))
+        self.tokenizer, self.schedule, self.path = tokenizer, schedule, path
+        self.settings = settings or LatentSettings()
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scaling = float(vae.config.scaling_factor)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                    variant: str | None = "fp16") -> LatentVideoPipeline:
+        folder = Path(folder)
+        if not layout.is_diffusers_folder(folder):
+            raise PackError(f"{folder} is not a diffusers-layout model (model_index.json and unet/config.json)")
+        device = torch.device(device)
+        dtype = dtype or compute_dtype(device)
+        unet = layout.load_unet(folder, variant=variant, dtype=dtype)
+        vae = layout.load_vae(folder, variant=variant, dtype=dtype)
+        text_encoder, tokenizer = layout.load_text_encoder(folder, variant=variant, dtype=dtype)
+        schedule, _ = layout.load_schedule(folder)
+        size = layout.read_json(folder / "unet" / "config.json").get("sample_size")
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        settings = LatentSettings()
+        if isinstance(size, int):
+            settings.height = settings.width = size * factor
+        return cls(unet, vae, text_encoder, tokenizer, schedule, path=folder, device=device, dtype=dtype,
+                   settings=settings)
+
+    # --- the parts -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP's last hidden states `(b, tokens, width)` at the tokenizer's full length."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    def _denoiser(self, context: torch.Tensor, uncond: torch.Tensor, guidance: float):
+        both = torch.cat([uncond, context])
+
+        def model(x: torch.Tensor, t: int) -> torch.Tensor:
+            if guidance == 1.0:
+                return self.unet(x, torch.tensor([t], device=x.device), context)
+            e_u, e_c = self.unet(torch.cat([x, x]), torch.tensor([t], device=x.device), both).chunk(2)
+            return e_u + guidance * (e_c - e_u)  # classifier-free guidance (Ho & Salimans 2022)
+
+        return model
+
+    def _check_size(self, height: int, width: int, frames: int) -> None:
+        m = self.vae_factor * self.unet.config.size_multiple
+        if height % m or width % m or height < m or width < m:
+            raise UserInputError(f"height and width must be positive multiples of {m} for this pack; got {height}x{width}")
+        if frames < 1:
+            raise UserInputError(f"frames must be >= 1, got {frames}")
+
+    @torch.inference_mode()
+    def keyframes(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, frames: int | None = None,
+                  height: int | None = None, width: int | None = None, steps: int | None = None,
+                  guidance: float | None = None, latents: torch.Tensor | None = None,
+                  callback: ProgressCallback | None = None) -> torch.Tensor:
+        """D^t: latents `(1, c, f, h/8, w/8)` sampled from seed-drawn noise (or the given `latents`)."""
+        s = self.settings
+        frames, height, width = frames or s.frames, height or s.height, width or s.width
+        self._check_size(height, width, frames)
+        steps, guidance = steps or s.steps, s.guidance if guidance is None else guidance
+        if latents is None:
+            shape = (1, self.unet.config.in_channels, frames, height // self.vae_factor, width // self.vae_factor)
+            latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        context = self.encode_prompt([prompt])
+        uncond = self.encode_prompt([negative_prompt])
+        model = self._denoiser(context, uncond, guidance)
+        cb = (lambda i, n: callback("keyframes", i, n)) if callback else None
+        return sample_ddim_discrete(model, latents.to(self.device, self.dtype), steps, schedule=self.schedule, callback=cb)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, callback: ProgressCallback | None = None) -> torch.Tensor:
+        """VAE decode, `vae_batch` frames at a time: `(b, c, f, h, w)` -> `(b, 3, f, H, W)` in [-1, 1]."""
+        b, f = latents.shape[0], latents.shape[2]
+        flat = rearrange(latents / self.scaling, "b c f h w -> (b f) c h w")
+        n, out = flat.shape[0], []
+        for i in range(0, n, self.settings.vae_batch):
+            out.append(self.vae.decode(flat[i:i + self.settings.vae_batch]).sample.float())
+            if callback:
+                callback("vae_decode", min(i + self.settings.vae_batch, n), n)
+        return rearrange(torch.cat(out), "(b f) c h w -> b c f h w", b=b, f=f)
+
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """VAE encode (the posterior's mean): `(b, 3, f, H, W)` in [-1, 1] -> scaled latents."""
+        b, f = video.shape[0], video.shape[2]
+        flat = rearrange(video.to(self.device, self.dtype), "b c f h w -> (b f) c h w")
+        out = [self.vae.encode(flat[i:i + self.settings.vae_batch]).latent_dist.mean
+               for i in range(0, flat.shape[0], self.settings.vae_batch)]
+        return rearrange(torch.cat(out) * self.scaling, "(b f) c h w -> b c f h w", b=b, f=f)
+
+    @torch.inference_mode()
+    def video_to_video(self, video: torch.Tensor, prompt: str, *, negative_prompt: str = "", seed: int = 0,
+                       strength: float | None = None, steps: int | None = None, guidance: float | None = None,
+                       callback: ProgressCallback | None = None, stage: str = "upscale") -> torch.Tensor:
+        """SR_l^t as video-to-video (SDEdit, Meng et al. 2022): encode `video` `(1, 3, f, H, W)`,
+        noise it to the timestep `strength` of the way up, denoise with this model, decode."""
+        s = self.settings
+        strength = s.upscale_strength if strength is None else strength
+        steps, guidance = steps or s.steps, s.guidance if guidance is None else guidance
+        self._check_size(video.shape[-2], video.shape[-1], video.shape[2])
+        x0 = self.encode(video)
+        t0 = self.schedule.timesteps(steps, strength)[0]
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+        model = self._denoiser(self.encode_prompt([prompt]), self.encode_prompt([negative_prompt]), guidance)
+        cb = (lambda i, n: callback(stage, i, n)) if callback else None
+        latents = sample_ddim_discrete(model, add_noise(self.schedule, x0, noise, t0), steps, schedule=self.schedule,
+                                       strength=strength, callback=cb)
+        return self.decode(latents)
+
+    # --- the whole cascade -----------------------------------------------------------------
+
+    def __call__(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, frames: int | None = None,
+                 height: int | None = None, width: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, interpolator=None, factor: int = 1,
+                 upscaler: LatentVideoPipeline | None = None, upscale_size: tuple[int, int] | None = None,
+                 upscale_steps: int | None = None, upscale_strength: float | None = None,
+                 callback: ProgressCallback | None = None) -> LatentVideo:
+        """prompt -> uint8 frames. `interpolator` (a `FlowInterpolator`) with `factor` > 1
+        multiplies the frame rate; `upscaler` (another latent pipeline) re-renders the video at
+        `upscale_size` (height, width; default: its own size)."""
+        timings: dict[str, float] = {}
+
+        def timed(name, fn, *a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            timings[name] = time.perf_counter() - t0
+            return out
+
+        latents = timed("keyframes", self.keyframes, prompt, negative_prompt=negative_prompt, seed=seed,
+                        frames=frames, height=height, width=width, steps=steps, guidance=guidance, callback=callback)
+        video = timed("vae_decode", self.decode, latents, callback)
+        frames_u8 = to_uint8(video)
+        fps = self.settings.fps
+        if factor > 1:
+            if interpolator is None:
+                raise UserInputError("frame interpolation needs the realinterp pack's interpolator")
+            pairs = len(frames_u8) - 1
+
+            def on_pair(i: int) -> None:
+                if callback:
+                    callback("interpolation", i + 1, pairs)
+
+            frames_u8 = timed("interpolation", interpolator.run, frames_u8, factor, on_pair=on_pair)
+            fps *= factor
+        if upscaler is not None:
+            h, w = upscale_size or (upscaler.settings.height, upscaler.settings.width)
+            clip = torch.from_numpy(frames_u8).float().div(127.5).sub(1)
+            clip = F.interpolate(rearrange(clip, "f h w c -> f c h w"), size=(h, w), mode="bicubic", align_corners=False)
+            clip = rearrange(clip.clamp(-1, 1), "f c h w -> 1 c f h w")
+            video = timed("upscale", upscaler.video_to_video, clip, prompt, negative_prompt=negative_prompt,
+                          seed=seed + 1, strength=upscale_strength, steps=upscale_steps, callback=callback)
+            frames_u8 = to_uint8(video)
+        return LatentVideo(frames_u8, fps, seed, prompt, timings)
+
+
+def _placed(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    p = next(module.parameters())
+    return module if (p.device, p.dtype) == (device, dtype) else module.to(device, dtype)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """`(1, 3, f, H, W)` in [-1, 1] -> uint8 `(f, H, W, 3)`."""
+    x = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "c f h w -> f h w c").cpu().numpy()
+
+
+def expected_seconds(step_s: float, steps: int, guidance: float) -> float:
+    """Wall time of D^t from one measured U-Net call (one branch): CFG doubles the work."""
+    return step_s * steps * (2 if guidance != 1.0 else 1)
+
+
+__all__ = ["LATENT_STAGES", "LatentSettings", "LatentVideo", "LatentVideoPipeline", "compute_dtype",
+           "expected_seconds", "to_uint8"]

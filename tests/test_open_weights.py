@@ -1,0 +1,159 @@
+"""Open latent video models (ModelScope text-to-video, Zeroscope) through mavcli's own pseudo-3D
+U-Net: equal to the reference implementation (diffusers) on tiny random models saved in the
+diffusers layout, strict loading, safetensors only, and the scheduler's maths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from open_weights_fixture import SCHEDULER, build_reference  # noqa: E402
+
+from mavcli.diffusion.discrete import DiscreteSchedule  # noqa: E402
+from mavcli.errors import PackError  # noqa: E402
+from mavcli.latent_pipeline import LatentVideoPipeline  # noqa: E402
+from mavcli.weights import diffusers_layout as layout  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-t2v")
+    return build_reference(folder), folder
+
+
+@pytest.fixture(scope="module")
+def ours(reference):
+    return LatentVideoPipeline.from_folder(reference[1], dtype=torch.float32)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> float:
+    """Max abs difference relative to the output's scale; asserts it is within `tol`."""
+    rel = ((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-12)).item()
+    assert rel <= tol, f"relative difference {rel:.2e} > {tol:.0e}"
+    return rel
+
+
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_unet_equals_diffusers(reference, ours, frames):
+    ref, _ = reference
+    gen = torch.Generator().manual_seed(frames)
+    x = torch.randn(2, 4, frames, 8, 8, generator=gen)
+    t = torch.tensor([7, 640])
+    text = ours.encode_prompt(["a red fox runs", "waves at night"])
+    empty = ours.encode_prompt(["", ""])  # the unconditional branch of guidance
+    with torch.no_grad():
+        for context in (text, empty):
+            _close(ref.unet(x, t, context).sample, ours.unet(x, t, context))
+
+
+def test_unet_map_is_exact_both_ways(reference, ours):
+    ref, _ = reference
+    theirs = ref.unet.state_dict()
+    back = layout.unet_to_diffusers(ours.unet.state_dict())
+    assert set(back) == set(theirs)
+    assert all(torch.equal(back[k], theirs[k]) for k in theirs)
+
+
+def test_text_encoder_and_vae_equal_reference(reference, ours):
+    ref, _ = reference
+    ids = ref.tokenizer(["a red fox runs"], padding="max_length", max_length=ref.tokenizer.model_max_length,
+                        return_tensors="pt").input_ids
+    with torch.no_grad():
+        _close(ref.text_encoder(ids)[0], ours.encode_prompt(["a red fox runs"]))
+        lat = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        expect = ref.decode_latents(lat)
+        _close(expect, ours.decode(lat))
+        video = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+        flat = video.permute(0, 2, 1, 3, 4).reshape(3, 3, 16, 16)
+        enc = ref.vae.encode(flat).latent_dist.mean * ref.vae.config.scaling_factor
+        _close(enc.reshape(1, 3, 4, 8, 8).permute(0, 2, 1, 3, 4), ours.encode(video))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+def test_sampling_loop_equals_text_to_video_pipeline(reference, ours, guidance):
+    ref, _ = reference
+    lat = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expect = ref(prompt="a red fox", negative_prompt="blurry", num_inference_steps=4, guidance_scale=guidance,
+                     latents=lat.clone(), num_frames=3, height=16, width=16, output_type="latent").frames
+    got = ours.keyframes("a red fox", negative_prompt="blurry", latents=lat.clone(), steps=4, guidance=guidance,
+                         frames=3, height=16, width=16)
+    _close(expect, got)
+
+
+def test_schedule_timesteps_follow_diffusers():
+    from diffusers import DDIMScheduler
+
+    for spacing in ("leading", "trailing", "linspace"):
+        for steps in (1, 7, 25, 50):
+            ref = DDIMScheduler(**{**SCHEDULER, "timestep_spacing": spacing})
+            ref.set_timesteps(steps)
+            ours = DiscreteSchedule(**{**SCHEDULER, "timestep_spacing": spacing})
+            assert ours.timesteps(steps) == ref.timesteps.tolist(), (spacing, steps)
+    ref = DDIMScheduler(**{**SCHEDULER, "beta_schedule": "squaredcos_cap_v2"})
+    ours = DiscreteSchedule(**{**SCHEDULER, "beta_schedule": "squaredcos_cap_v2"})
+    assert torch.allclose(ours.alphas_cumprod(), ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
+
+
+def test_scheduler_config_is_read(reference):
+    schedule, cls = layout.load_schedule(reference[1])
+    assert cls == "DDIMScheduler"
+    assert (schedule.steps_offset, schedule.set_alpha_to_one, schedule.beta_schedule) == (1, False, "scaled_linear")
+
+
+def _copy(folder, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_strict_loading_names_the_tensor(reference, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(reference[1], tmp_path)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(path)
+    extra = dict(tensors, **{"down_blocks.0.surplus.weight": torch.zeros(2)})
+    save_file(extra, path)
+    with pytest.raises(PackError, match="down_blocks.0.surplus.weight"):
+        layout.load_unet(folder, variant=None)
+    missing = {k: v for k, v in tensors.items() if k != "mid_block.temp_convs.1.conv4.3.weight"}
+    save_file(missing, path)
+    with pytest.raises(PackError, match="mid_block.temp_convs.1.conv4.3.weight"):
+        layout.load_unet(folder, variant=None)
+    wrong = dict(tensors, **{"conv_in.weight": torch.zeros(32, 4, 5, 5)})
+    save_file(wrong, path)
+    with pytest.raises(PackError, match=r"conv_in.weight has shape \(32, 4, 5, 5\)"):
+        layout.load_unet(folder, variant=None)
+
+
+def test_fp16_variant_is_preferred_and_pickles_refused(reference, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(reference[1], tmp_path)
+    unet_dir = folder / "unet"
+    tensors = load_file(unet_dir / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.half() for k, v in tensors.items()}, unet_dir / "diffusion_pytorch_model.fp16.safetensors")
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    unet = layout.load_unet(folder, variant="fp16", dtype=torch.float32)
+    assert torch.equal(unet.conv_in.weight, tensors["conv_in.weight"].half().float())
+    (unet_dir / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    (unet_dir / "diffusion_pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(PackError, match="only pickled weights"):
+        layout.load_unet(folder)
+
+
+def test_unsupported_config_is_refused(reference, tmp_path):
+    folder = _copy(reference[1], tmp_path)
+    cfg_path = folder / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["act_fn"] = "gelu"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PackError, match="act_fn"):
+        layout.load_unet(folder)
