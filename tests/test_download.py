@@ -28,7 +28,8 @@ import mavcli
 from mavcli.cli.app import app
 from mavcli.errors import PackError, UserInputError
 from mavcli.weights import resolve as resolve_module
-from mavcli.weights.hub import pack_files_from_index, safetensors_problem
+from mavcli.weights.hub import pack_files_from_index
+from mavcli.weights.integrity import safetensors_problem
 from mavcli.weights.manifest import load_manifest
 from mavcli.weights.resolve import list_packs, resolve_pack
 

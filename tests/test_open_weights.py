@@ -157,3 +157,40 @@ def test_unsupported_config_is_refused(reference, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(PackError, match="act_fn"):
         layout.load_unet(folder)
+
+
+def test_generate_cli_runs_the_whole_latent_cascade(reference, tmp_path):
+    """keyframes D^t -> VAE -> F_i (realinterp, x2) -> SR_l^t (video-to-video by a second
+    latent pack) -> a video file, with a progress bar per stage."""
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+    from mavcli.video import read_video
+
+    folder = str(reference[1])
+    out = tmp_path / "fox.mp4"
+    args = ["generate", "a red fox", "--pack", folder, "--steps", "2", "--frames", "3", "--seed", "4",
+            "--upscale", folder, "--upscale-size", "32x16", "--out", str(out), "--verbose"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for bar in ("keyframes D^t", "VAE decode", "interpolation F_i", "upscale SR_l^t"):
+        assert bar in result.output
+    clip = read_video(out)
+    assert clip.frames.shape == (5, 16, 32, 3)  # (3 - 1) x 2 + 1 frames, WIDTHxHEIGHT 32x16
+    assert clip.fps == pytest.approx(16.0)  # the pack's 8 fps, doubled by F_i
+    bad = CliRunner().invoke(app, ["generate", "a red fox", "--pack", folder, "--candidates", "2",
+                                   "--out", str(tmp_path / "x.mp4")])
+    assert bad.exit_code == 2 and "--candidates" in bad.output
+
+
+def test_latent_generation_is_reproducible(ours):
+    a = ours("a red fox", seed=3, steps=2, frames=2)
+    b = ours("a red fox", seed=3, steps=2, frames=2)
+    c = ours("a red fox", seed=4, steps=2, frames=2)
+    assert a.frames.shape == (2, 16, 16, 3)
+    assert (a.frames == b.frames).all() and not (a.frames == c.frames).all()
+
+
+def test_missing_extra_names_the_install_command():
+    with pytest.raises(PackError, match=r'pip install "mavcli\[open-weights\]"'):
+        layout.require_extra("diffusers_that_is_not_installed")

@@ -159,6 +159,8 @@ def weights(
                     "Hub repo to download from; reinstall mavcli"
                 )
             target = None if dir is None else (dir if len(names) == 1 else dir / name)
+            if entry.licence:
+                console.info(f"{name}: licence {entry.licence} (the model card: https://huggingface.co/{entry.repo})")
             with RichDownloadProgress() as progress:
                 path = download_pack(
                     entry,
@@ -166,7 +168,10 @@ def weights(
                     progress=progress,
                     fetch_command=man.fetch_command(name),
                 )
-            console.info(f"{name}: {len(entry.files)} files, sha256 verified")
+            by_hub = sum(f.sha256 is None for f in entry.files)
+            how = (f" ({by_hub} against the hashes the Hub reports at {entry.revision[:12]}, recorded for later loads)"
+                   if by_hub else "")
+            console.info(f"{name}: {len(entry.files)} files, sha256 verified{how}")
             console.result(str(path))
 
 

@@ -26,12 +26,12 @@ def _slug(prompt: str) -> str:
     return "-".join(words)[:60].strip("-") or "video"
 
 
-def _pairs(items: list[str], what: str, cast) -> dict:
+def _pairs(items: list[str], what: str, cast, stages: tuple[str, ...] = SAMPLED_STAGES) -> dict:
     out = {}
     for item in items:
         stage, sep, value = item.partition("=")
-        if not sep or stage not in SAMPLED_STAGES:
-            raise UserInputError(f"{what} takes STAGE=VALUE with STAGE one of {', '.join(SAMPLED_STAGES)}; got {item!r}")
+        if not sep or stage not in stages:
+            raise UserInputError(f"{what} takes STAGE=VALUE with STAGE one of {', '.join(stages)}; got {item!r}")
         try:
             out[stage] = cast(value)
         except ValueError:
@@ -111,6 +111,14 @@ def register(app: typer.Typer) -> None:
         prompts: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the output paths."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time of every stage."),
+        negative_prompt: str = typer.Option("", "--negative-prompt", help="Latent packs: what the video should not show (the guidance's unconditional branch)."),
+        height: Optional[int] = typer.Option(None, help="Latent packs: frame height in pixels (default: the pack's)."),
+        width: Optional[int] = typer.Option(None, help="Latent packs: frame width in pixels (default: the pack's)."),
+        interp_factor: int = typer.Option(2, "--interp-factor", min=1, help="Latent packs: F_i multiplies the frame rate by this with the realinterp flow interpolator (1: off)."),
+        upscale: Optional[str] = typer.Option(None, "--upscale", help="Latent packs: SR_l^t by a second latent pack as video-to-video (e.g. zeroscope-xl)."),
+        upscale_size: Optional[str] = typer.Option(None, "--upscale-size", help="Latent packs: WIDTHxHEIGHT of the upscaled video (default: the upscaler's)."),
+        upscale_strength: Optional[float] = typer.Option(None, "--upscale-strength", min=0.01, max=1.0, help="Latent packs: how far the upscaler re-noises the video (default 0.6)."),
+        download: bool = typer.Option(False, "--download", help="Download a weights.toml pack that is not cached yet without asking."),
     ) -> None:
         """Make a video from a text prompt: text encoder -> prior -> keyframes -> interpolation -> super-resolution."""
         t_start = time.perf_counter()
@@ -127,17 +135,33 @@ def register(app: typer.Typer) -> None:
             if fps is not None and not fps > 0:
                 raise UserInputError("--fps must be > 0")
             items = _prompts(prompt, prompts)
-            step_table = _pairs(stage_steps, "--stage-steps", int)
-            guide_table = _pairs(stage_guidance, "--stage-guidance", float)
+            from mavcli.cli.generate_latent import LATENT_STEP_STAGES, latent_pack_folder
+
+            latent = latent_pack_folder(pack, download=download)
+            stages = LATENT_STEP_STAGES if latent is not None else SAMPLED_STAGES
+            step_table = _pairs(stage_steps, "--stage-steps", int, stages)
+            guide_table = _pairs(stage_guidance, "--stage-guidance", float, stages)
             if steps is not None and steps < 1:
                 raise UserInputError(f"--steps must be >= 1 (sampler steps for every stage), got {steps}")
             for stage, n in step_table.items():
                 if n < 1:
                     raise UserInputError(f"--stage-steps {stage}={n}: steps must be >= 1")
             if steps is not None:
-                step_table = {s: step_table.get(s, steps) for s in SAMPLED_STAGES}
+                step_table = {s: step_table.get(s, steps) for s in stages}
             if guidance is not None:
                 guide_table = {"prior": guidance, "keyframes": guidance, **guide_table}
+                if latent is not None:
+                    guide_table = {"keyframes": guidance, "upscale": guidance, **guide_table}
+                    guide_table.pop("prior")
+            latent_opts = {"--negative-prompt": negative_prompt or None, "--height": height, "--width": width,
+                           "--upscale": upscale, "--upscale-size": upscale_size, "--upscale-strength": upscale_strength,
+                           "--interp-factor": None if interp_factor == 2 else interp_factor}
+            shapes_opts = {"--candidates": candidates, "--matcher-guidance": matcher_guidance, "--fps": fps,
+                           "--sampler": None if sampler in (None, "ddim") else sampler}
+            wrong = [k for k, v in (shapes_opts if latent is not None else latent_opts).items() if v is not None]
+            if wrong:
+                kind = "a latent pack (ModelScope / Zeroscope)" if latent is not None else "the shapes cascade"
+                raise UserInputError(f"{', '.join(wrong)} do(es) not apply to {kind}; see mav generate --help")
             base_seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") % 2**31
             jobs = [(p, base_seed + i) for p in items for i in range(num_videos)]
             multiple = len(jobs) > 1
@@ -152,13 +176,22 @@ def register(app: typer.Typer) -> None:
             if seed is None:
                 console.info(f"seed {base_seed} (pass --seed {base_seed} to reproduce)")
 
+            threads_used = set_threads(threads)
+            if verbose:
+                console.err.print(threads_used)
+            if latent is not None:
+                from mavcli.cli.generate_latent import LatentRequest, parse_size, run_latent
+
+                req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
+                                    guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
+                                    device, quiet, verbose)
+                run_latent(pack, latent, req, t_start)
+                return
+
             from mavcli.pipeline import MemoryLimitError
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
-            threads_used = set_threads(threads)
-            if verbose:
-                console.err.print(threads_used)
             pipe = open_pipeline(pack, device)
             load_s = time.perf_counter() - t0
             s = pipe.settings

@@ -52,14 +52,17 @@ def _packs_table(manifest: Path | None) -> Table:
     man = load_manifest(manifest)
     # Text(), not str: a description or path with [brackets] must not be read as rich markup.
     table = Table(title=Text(f"packs ({man.path})"), title_justify="left")
-    for column in ("pack", "state", "location", "size", "description"):
+    for column in ("pack", "state", "location", "size", "stages", "licence", "description"):
         table.add_column(column, overflow="fold")
     for row in list_packs(man):
         name = f"{row.name} (default)" if row.is_default else row.name
-        size = _human(row.size) if row.kind == "downloadable" else ""
-        table.add_row(*(Text(cell) for cell in (name, row.kind, row.location, size, row.description)))
+        size = ""
+        if row.kind == "downloadable":
+            size = _human(row.size) if row.size_known else f"over {_human(row.size)}" if row.size else "not published"
+        cells = (name, row.kind, row.location, size, row.stages, row.licence or "", row.description)
+        table.add_row(*(Text(cell) for cell in cells))
     if not man.packs:
-        table.add_row("-", "", "weights.toml lists no packs", "", "")
+        table.add_row("-", "", "weights.toml lists no packs", "", "", "", "")
     return table
 
 

@@ -12,6 +12,8 @@ STAGE_NAMES = {
     "interpolation": "interpolation F_i",
     "sr_video": "video SR_l^t",
     "sr_image": "frame SR_h",
+    "vae_decode": "VAE decode",
+    "upscale": "upscale SR_l^t",
 }
 
 

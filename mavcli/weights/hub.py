@@ -20,19 +20,18 @@ progress itself: callers pass an object with the `DownloadProgress` methods.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from mavcli.errors import DownloadError, MavError, PackError, UserInputError
+from mavcli.errors import DownloadError, PackError, UserInputError
+from mavcli.weights.integrity import hub_hash_problem, safetensors_problem, sha256_file
 from mavcli.weights.manifest import (
-    _REPO_ID,
+    REPO_ID,
     FileEntry,
     ManifestError,
     PackEntry,
@@ -47,8 +46,6 @@ __all__ = [
     "download_repo",
     "find_cached_pack",
     "pack_files_from_index",
-    "safetensors_problem",
-    "sha256_file",
 ]
 
 #: The `format` value of a pack index (pack.json).
@@ -57,7 +54,10 @@ PACK_FORMAT = "mavcli-pack"
 _OPTIONAL_FILES = frozenset({"README.md"})
 # Hidden staging folder inside --dir targets; removed when the download ends, either way.
 _STAGING = ".mav-download"
-_CHUNK = 1 << 20
+# where the hashes that the Hub reported for unpinned files are recorded: beside the snapshot
+# in the cache (<repo>/mavcli-verified/<revision>.json), or in a --dir folder
+_RECORD_DIR = "mavcli-verified"
+_DIR_RECORD = ".mavcli-verified.json"
 
 
 class DownloadProgress(Protocol):
@@ -80,107 +80,41 @@ class DownloadProgress(Protocol):
 # verification
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (weights can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
-}  # fmt: skip
-_MAX_HEADER = 100 << 20  # the safetensors reference implementation refuses larger headers
-
-
-def safetensors_problem(path: str | Path) -> str | None:
-    """Why `path` is not a valid safetensors file, or None if it is.
-
-    Checks the layout without loading tensors: an 8-byte little-endian header length, a JSON
-    object header, string-only `__metadata__`, and for every tensor a known dtype, a shape,
-    and `data_offsets` that tile the data buffer exactly (contiguous, no gap, no overlap,
-    byte count = numel x dtype size).
-    """
-    try:
-        file_size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                return "file is shorter than the 8-byte safetensors header length"
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > _MAX_HEADER or 8 + header_len > file_size:
-                return f"header length {header_len} does not fit in a {file_size}-byte file"
-            raw = fh.read(header_len)
-    except OSError as err:
-        return f"cannot read it: {err}"
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "the header is not UTF-8 JSON"
-    if not isinstance(header, dict):
-        return "the header is not a JSON object"
-
-    buffer_len = file_size - 8 - header_len
-    spans: list[tuple[int, int, str]] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            if not isinstance(info, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in info.items()
-            ):
-                return "__metadata__ must map strings to strings"
-            continue
-        if not isinstance(info, dict):
-            return f"tensor {name!r} has no dtype/shape/data_offsets entry"
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            return f"tensor {name!r} has an invalid shape {shape!r}"
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= buffer_len
-        ):
-            return f"tensor {name!r} has data_offsets {offsets!r} outside the data buffer"
-        if not isinstance(dtype, str):
-            return f"tensor {name!r} has no dtype"
-        width = _DTYPE_BYTES.get(dtype)
-        if width is not None:
-            numel = 1
-            for dim in shape:
-                numel *= dim
-            if offsets[1] - offsets[0] != numel * width:
-                return (
-                    f"tensor {name!r} ({dtype}, shape {shape}) needs {numel * width} bytes, "
-                    f"its offsets span {offsets[1] - offsets[0]}"
-                )
-        spans.append((offsets[0], offsets[1], name))
-
-    position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            return f"tensor {name!r} starts at byte {begin}, expected {position} (gap or overlap)"
-        position = end
-    if position != buffer_len:
-        return f"the data buffer has {buffer_len} bytes but the tensors cover {position}"
-    return None
-
-
-def _hash_problem(path: Path, expected: FileEntry) -> str | None:
-    """Why the file at `path` does not match its manifest entry, or None when it does."""
+def _hash_problem(path: Path, expected: FileEntry, recorded: dict[str, str] | None = None) -> str | None:
+    """Why the file at `path` does not match its manifest entry (or, for a file the manifest
+    pins no hash for, the hash recorded when it was verified against the Hub), or None."""
     size = os.path.getsize(path)
-    if size != expected.size:
+    if expected.size is not None and size != expected.size:
         return f"size {size} bytes, the manifest says {expected.size}"
+    want, source = expected.sha256, "the manifest says"
+    if want is None:
+        want, source = (recorded or {}).get(expected.path), "it was verified as"
+        if want is None:
+            return "no verified hash is recorded for it"
     digest = sha256_file(path)
-    if digest != expected.sha256:
-        return f"sha256 {digest[:16]}..., the manifest says {expected.sha256[:16]}..."
+    if digest != want:
+        return f"sha256 {digest[:16]}..., {source} {want[:16]}..."
     return None
+
+
+def _record_file(root: Path, revision: str, *, in_dir: bool) -> Path:
+    return root / _DIR_RECORD if in_dir else root.parent.parent / _RECORD_DIR / f"{revision}.json"
+
+
+def read_record(path: Path) -> dict[str, str]:
+    """The sha256s recorded for unpinned files (empty when there is no readable record)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def _write_record(path: Path, record: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _remove_from_cache(pointer: Path) -> None:
@@ -419,29 +353,46 @@ def find_cached_pack(
     hub = _hub()
     missing: list[str] = []
     removed: list[str] = []
-    root: Path | None = None
+    found: dict[str, Path] = {}
     for file in entry.files:
-        found = hub.try_to_load_from_cache(
-            entry.repo, file.path, cache_dir=cache_dir, revision=entry.revision
-        )
-        if not isinstance(found, str) or not os.path.isfile(found):
+        hit = hub.try_to_load_from_cache(entry.repo, file.path, cache_dir=cache_dir, revision=entry.revision)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            found[file.path] = Path(hit)
+    root = _snapshot_root(*next(iter((p, k) for k, p in found.items()))) if found else None
+    recorded = read_record(_record_file(root, entry.revision, in_dir=False)) if root is not None else {}
+    for file in entry.files:
+        pointer = found.get(file.path)
+        if pointer is None:
             missing.append(file.path)
             continue
-        pointer = Path(found)
         if verify:
-            bad = _hash_problem(pointer, file) or (
+            bad = _hash_problem(pointer, file, recorded) or (
                 safetensors_problem(pointer) if file.path.endswith(".safetensors") else None
             )
         else:
-            bad = None if os.path.getsize(pointer) == file.size else "size differs"
+            known = file.size is None or os.path.getsize(pointer) == file.size
+            bad = None if known and (file.sha256 or file.path in recorded) else "not verified"
         if bad is not None:
-            if verify:
-                _remove_from_cache(pointer)
+            if verify and (file.sha256 is not None or file.path in recorded):
+                _remove_from_cache(pointer)  # a file that fails its hash: nothing may load it
                 removed.append(file.path)
-            missing.append(file.path)
-            continue
-        root = _snapshot_root(pointer, file.path)
+            missing.append(file.path)  # an unrecorded file is fetched (and verified) again
     return CachedPack(None if missing else root, tuple(missing), tuple(removed))
+
+
+def _hub_etag(repo: str, path: str, revision: str, token: str | bool | None) -> str:
+    """The hash the Hub reports for a file at a revision (sha256 for LFS files, else the git
+    blob sha1): its ETag, from a metadata request."""
+    hub = _hub()
+    try:
+        meta = hub.get_hf_file_metadata(hub.hf_hub_url(repo, path, revision=revision), token=token)
+    except _transport_errors() as err:
+        raise DownloadError(f"could not ask the Hub for the hash of {path} ({err}); run the same command again") from err
+    except hub.errors.HfHubHTTPError as err:
+        raise DownloadError(f"the Hub did not report the hash of {path} ({err})") from err
+    if not meta.etag:
+        raise DownloadError(f"the Hub reported no hash for {path} at {_short(revision)}; it cannot be verified")
+    return meta.etag
 
 
 def _fetch_verified(
@@ -452,20 +403,30 @@ def _fetch_verified(
     local_dir: Path | None,
     token: str | bool | None,
     progress: DownloadProgress | None,
-) -> Path:
-    """Fetch one manifest file, check its hash (re-fetching once) and its safetensors layout."""
+) -> tuple[Path, str]:
+    """Fetch one manifest file, check its hash (re-fetching once) and its safetensors layout.
+    A file the manifest pins no hash for is checked against the hash the Hub reports for it
+    at the pinned revision. Returns the path and the file's verified sha256."""
     assert entry.repo is not None and entry.revision is not None
     kwargs: dict[str, Any] = dict(
         cache_dir=cache_dir, local_dir=local_dir, token=token, progress=progress
     )
     where = f"{entry.repo}@{_short(entry.revision)}"
     path = _fetch(entry.repo, file.path, entry.revision, **kwargs)
-    problem = _hash_problem(path, file)
+    if file.sha256 is None:
+        etag = _hub_etag(entry.repo, file.path, entry.revision, token)
+
+        def check(p: Path) -> str | None:
+            return hub_hash_problem(p, etag)
+    else:
+        def check(p: Path) -> str | None:
+            return _hash_problem(p, file)
+    problem = check(path)
     if problem is not None:
         if progress is not None:
             progress.note(f"{file.path} failed verification ({problem}); downloading it again")
         path = _fetch(entry.repo, file.path, entry.revision, force=True, **kwargs)
-        problem = _hash_problem(path, file)
+        problem = check(path)
         if problem is not None:
             _discard(path, local_dir)
             raise DownloadError(
@@ -481,7 +442,8 @@ def _fetch_verified(
                 f"{file.path} from {where} matches its manifest hash but is not a valid "
                 f"safetensors file ({bad}); it was deleted. The pack or weights.toml is broken"
             )
-    return path
+    digest = file.sha256 or (etag.strip('"').lower() if len(etag.strip('"')) == 64 else sha256_file(path))
+    return path, digest
 
 
 def _discard(path: Path, local_dir: Path | None) -> None:
@@ -557,9 +519,10 @@ def download_pack(
         raise _missing_error(entry.name, state.missing, command, "offline")
 
     root: Path | None = None
+    record: dict[str, str] = {}
     for file in entry.files:
         try:
-            path = _fetch_verified(
+            path, digest = _fetch_verified(
                 entry, file, cache_dir=cache_dir, local_dir=None, token=token, progress=progress
             )
         except _NotCached as err:
@@ -569,7 +532,12 @@ def download_pack(
                 entry.name, missing, command, err.reason, _hub().constants.ENDPOINT
             ) from None
         root = _snapshot_root(path, file.path)
+        if file.sha256 is None:
+            record[file.path] = digest
     assert root is not None
+    if record:
+        target = _record_file(root, entry.revision, in_dir=False)
+        _write_record(target, {**read_record(target), **record})
     return root
 
 
@@ -579,11 +547,11 @@ def _note_removed(progress: DownloadProgress | None, removed: Iterable[str]) -> 
             progress.note(f"{path} in the cache failed verification and was deleted")
 
 
-def _usable_copy(cached: object, file: FileEntry) -> bool:
+def _usable_copy(cached: object, file: FileEntry, recorded: dict[str, str]) -> bool:
     """Whether `cached` (a try_to_load_from_cache result) is a verified copy of `file`."""
     if not isinstance(cached, str) or not os.path.isfile(cached):
         return False
-    if _hash_problem(Path(cached), file) is not None:
+    if _hash_problem(Path(cached), file, recorded) is not None:
         return False
     return not file.path.endswith(".safetensors") or safetensors_problem(cached) is None
 
@@ -601,23 +569,32 @@ def _download_pack_to_dir(
     offline = _is_offline()
     staging = target / _STAGING
     missing: list[str] = []
+    record_path = _record_file(target, entry.revision, in_dir=True)
+    record = read_record(record_path)
     try:
         for file in entry.files:
             final = target / file.path
-            if final.is_file() and _hash_problem(final, file) is None:
+            if final.is_file() and _hash_problem(final, file, record) is None:
                 continue  # already there and verified
             # A verified copy in the HF cache saves a download (and works offline).
             cached = hub.try_to_load_from_cache(
                 entry.repo, file.path, cache_dir=cache_dir, revision=entry.revision
             )
-            if _usable_copy(cached, file):
+            cache_record: dict[str, str] = {}
+            if isinstance(cached, str) and file.sha256 is None:
+                root = _snapshot_root(Path(cached), file.path)
+                cache_record = read_record(_record_file(root, entry.revision, in_dir=False))
+            if _usable_copy(cached, file, cache_record):
                 _copy_atomic(Path(cached), final)
+                if file.sha256 is None:
+                    record[file.path] = cache_record[file.path]
+                    _write_record(record_path, record)
                 continue
             if offline:
                 missing.append(file.path)
                 continue
             try:
-                staged = _fetch_verified(
+                staged, digest = _fetch_verified(
                     entry, file, cache_dir=cache_dir, local_dir=staging, token=token, progress=progress
                 )
             except _NotCached as err:
@@ -625,6 +602,9 @@ def _download_pack_to_dir(
                 endpoint = hub.constants.ENDPOINT
                 raise _missing_error(entry.name, rest, command, err.reason, endpoint) from None
             _place(staged, final)
+            if file.sha256 is None:
+                record[file.path] = digest
+                _write_record(record_path, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if missing:
@@ -727,7 +707,7 @@ def download_repo(
     requested: the pack must already be in the cache.
     Returns the pack folder (cache snapshot, or `local_dir`).
     """
-    if not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo:
+    if not REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo:
         raise UserInputError(f"{repo!r} is not a Hub repository id (expected 'owner/name')")
     if not revision or "\\" in revision or revision != revision.strip():
         raise UserInputError(f"{revision!r} is not a valid revision")

@@ -50,9 +50,13 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Hub ids: "name" or "owner/name"; letters, digits, '-', '_', '.'; no '--' or '..' (Hub rules).
-_REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*")
+REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*")
 
-_PACK_KEYS = {"repo", "revision", "bundled", "description", "files"}
+#: `sha256 = "hub"`: no published hash is known; verify against the Hub's own at the revision
+HUB_HASH = "hub"
+_PACK_KEYS = {"repo", "revision", "bundled", "description", "files", "kind", "licence"}
+#: what a pack is: mavcli's own layout (pack.json), or a diffusers-layout latent video model
+PACK_KINDS = {"mavcli": "pack.json", "diffusers": "model_index.json"}
 _FILE_KEYS = {"path", "sha256", "size"}
 _TOP_KEYS = {"default", "packs"}
 
@@ -67,10 +71,12 @@ class FileEntry:
 
     path: str
     """Relative POSIX path inside the pack folder (validated by `check_relative_path`)."""
-    sha256: str
-    """Lower-case hex digest of the file's bytes."""
-    size: int
-    """Size in bytes."""
+    sha256: str | None
+    """Lower-case hex digest of the file's bytes; None (`sha256 = "hub"` in weights.toml) where
+    no published hash could be found: the download then checks the file against the hash the Hub reports for it at the pinned
+    revision and records it beside the cached pack, and every load checks the record."""
+    size: int | None
+    """Size in bytes (None: not published)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,8 @@ class PackEntry:
     files: tuple[FileEntry, ...]
     bundled: str | None = None
     description: str = ""
+    kind: str = "mavcli"
+    licence: str | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -98,8 +106,12 @@ class PackEntry:
 
     @property
     def total_size(self) -> int:
-        """Sum of the sizes of every file, in bytes."""
-        return sum(f.size for f in self.files)
+        """Sum of the known sizes of the files, in bytes."""
+        return sum(f.size or 0 for f in self.files)
+
+    @property
+    def size_known(self) -> bool:
+        return all(f.size is not None for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -260,6 +272,14 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
     if not isinstance(description, str):
         raise ManifestError(f"{where}: 'description' must be a string")
 
+    kind = table.get("kind", "mavcli")
+    if kind not in PACK_KINDS:
+        raise ManifestError(f"{where}: 'kind' must be one of {', '.join(PACK_KINDS)}, got {kind!r}")
+    licence = table.get("licence")
+    if licence is not None and not isinstance(licence, str):
+        raise ManifestError(f"{where}: 'licence' must be a string")
+    extra = dict(kind=kind, licence=licence)
+
     bundled = table.get("bundled")
     if bundled is not None:
         if not isinstance(bundled, str) or _path_problem(bundled) or "/" in bundled:
@@ -278,10 +298,10 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
         if "revision" in table:
             raise ManifestError(f"{where}: revision given without 'repo'")
         # a bundled pack may pin its files' hashes too: they are checked when it is loaded
-        files = _parse_files(table.get("files"), where, name) if "files" in table else []
-        return PackEntry(name, None, None, tuple(files), bundled, description)
+        files = _parse_files(table.get("files"), where, name, kind) if "files" in table else []
+        return PackEntry(name, None, None, tuple(files), bundled, description, **extra)
 
-    if not isinstance(repo, str) or not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo:
+    if not isinstance(repo, str) or not REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo:
         raise ManifestError(f"{where}: 'repo' must be a Hub id like 'owner/name', got {repo!r}")
 
     revision = table.get("revision")
@@ -302,11 +322,11 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
         raise ManifestError(
             f"{where}: missing [[packs.{name}.files]]: list every file with its sha256 and size"
         )
-    files = _parse_files(raw_files, where, name)
-    return PackEntry(name, repo, revision, tuple(files), bundled, description)
+    files = _parse_files(raw_files, where, name, kind)
+    return PackEntry(name, repo, revision, tuple(files), bundled, description, **extra)
 
 
-def _parse_files(raw_files: Any, where: str, name: str) -> list[FileEntry]:
+def _parse_files(raw_files: Any, where: str, name: str, kind: str = "mavcli") -> list[FileEntry]:
     if not isinstance(raw_files, list) or not raw_files:
         raise ManifestError(f"{where}: 'files' must be a non-empty array of tables")
 
@@ -318,8 +338,9 @@ def _parse_files(raw_files: Any, where: str, name: str) -> list[FileEntry]:
             raise ManifestError(f"{where}: {entry.path!r} is listed twice")
         seen.add(entry.path)
         files.append(entry)
-    if "pack.json" not in seen:
-        raise ManifestError(f"{where}: the files must include the pack index 'pack.json'")
+    index = PACK_KINDS[kind]
+    if index not in seen:
+        raise ManifestError(f"{where}: the files must include the pack index {index!r}")
     return files
 
 
@@ -331,7 +352,9 @@ def _parse_file(item: Any, where: str) -> FileEntry:
         raise ManifestError(
             f"{where}: unknown key(s) {', '.join(unknown)}; allowed: path, sha256, size"
         )
-    missing = [key for key in ("path", "sha256", "size") if key not in item]
+    missing = [key for key in ("path", "sha256") if key not in item]
+    if item.get("sha256") != HUB_HASH and "size" not in item:
+        missing.append("size")
     if missing:
         raise ManifestError(f"{where}: missing {', '.join(missing)}")
 
@@ -339,24 +362,30 @@ def _parse_file(item: Any, where: str) -> FileEntry:
     if not isinstance(path, str):
         raise ManifestError(f"{where}: 'path' must be a string")
     check_relative_path(path, what=f"{where}: path")
+    if path.lower().endswith((".bin", ".ckpt", ".pt", ".pth", ".pkl")):
+        raise ManifestError(f"{where}: {path} is a pickled weights file; mavcli downloads safetensors only")
 
+    # `sha256 = "hub"` (size optional) only where no published hash exists (see FileEntry)
     sha = item["sha256"]
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+    if sha == HUB_HASH:
+        sha = None
+    elif not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
         raise ManifestError(
-            f"{where} ({path}): 'sha256' must be 64 hex digits, got {sha!r}"
+            f"{where} ({path}): 'sha256' must be 64 hex digits (or \"{HUB_HASH}\": the hash the Hub "
+            f"reports at the pinned revision), got {sha!r}"
         )
 
-    size = item["size"]
+    size = item.get("size")
     # bool is an int subclass in Python: `size = true` is a typo, not a size.
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise ManifestError(f"{where} ({path}): 'size' must be a whole number of bytes >= 0")
-    return FileEntry(path=path, sha256=sha.lower(), size=size)
+    return FileEntry(path=path, sha256=None if sha is None else sha.lower(), size=size)
 
 
 def manifest_entry(folder: str | Path, name: str, *, bundled: str | None = None, repo: str | None = None,
                    revision: str | None = None, description: str = "") -> str:
     """The weights.toml text that pins every file of a pack folder by sha256 and size."""
-    from mavcli.weights.hub import sha256_file
+    from mavcli.weights.integrity import sha256_file
 
     folder = Path(folder)
     lines = [f"[packs.{name}]"]

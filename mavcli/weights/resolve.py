@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mavcli.errors import PackError, UserInputError
 from mavcli.weights.hub import DownloadProgress, download_pack, download_repo, find_cached_pack
-from mavcli.weights.manifest import _REPO_ID, Manifest, PackEntry, load_manifest
+from mavcli.weights.integrity import sha256_file
+from mavcli.weights.manifest import REPO_ID, Manifest, PackEntry, load_manifest
 
 __all__ = ["BUNDLED_DIR", "PackStatus", "bundled_pack_dir", "list_packs", "resolve_pack"]
 
@@ -40,8 +41,6 @@ def bundled_pack_dir(entry: PackEntry) -> Path | None:
 
 def _verify_bundled(entry: PackEntry, folder: Path) -> None:
     """A bundled pack's files against the sha256s weights.toml pins (when it lists them)."""
-    from mavcli.weights.hub import sha256_file
-
     for f in entry.files:
         path = folder / f.path
         if not path.is_file():
@@ -96,7 +95,7 @@ def resolve_pack(
     entry = man.get(text)
     local = Path(text).expanduser()
     if local.is_dir():
-        if (local / "pack.json").is_file():
+        if (local / "pack.json").is_file() or (local / "model_index.json").is_file():
             return local.resolve()
         if entry is None or _looks_like_path(text):
             raise PackError(
@@ -112,7 +111,7 @@ def resolve_pack(
         raise UserInputError(f"pack folder {text!r} does not exist")
 
     repo, _, revision = text.partition("@")
-    if "/" in repo and _REPO_ID.fullmatch(repo) and "--" not in repo and ".." not in repo:
+    if "/" in repo and REPO_ID.fullmatch(repo) and "--" not in repo and ".." not in repo:
         return download_repo(
             repo,
             revision or "main",
@@ -169,6 +168,21 @@ def _resolve_entry(
     )
 
 
+_SYMBOLS = {"text_encoder": "C_x", "prior": "P", "keyframes": "D^t", "interpolation": "F_i",
+            "sr_video": "SR_l^t", "sr_image": "SR_h", "matcher": "matcher", "flow_interpolation": "F_i (flow)"}
+
+
+def pack_stages(entry: PackEntry, folder: Path | None) -> str:
+    """The stages a pack brings, e.g. "C_x P D^t F_i SR_l^t SR_h"."""
+    if entry.kind == "diffusers":
+        return "C_x D^t (latent, no P)"
+    names = [f.path.removesuffix(".safetensors") for f in entry.files if f.path.endswith(".safetensors")]
+    if folder is not None and not names:
+        names = [p.stem for p in sorted(folder.glob("*.safetensors"))]
+    order = list(_SYMBOLS)
+    return " ".join(_SYMBOLS[n] for n in sorted(names, key=order.index) if n in _SYMBOLS and n != "image_encoder")
+
+
 @dataclass(frozen=True)
 class PackStatus:
     """One row of `mav info`: where a manifest pack is, or where it would come from."""
@@ -180,8 +194,12 @@ class PackStatus:
     """A folder for bundled and cached packs, `repo@revision` for the others."""
     description: str
     size: int
-    """Bytes a download fetches (0 for bundled-only packs)."""
+    """Bytes a download fetches (0 for bundled-only packs; the known part where not all are published)."""
     is_default: bool
+    licence: str | None = None
+    size_known: bool = True
+    stages: str = ""
+    """The cascade stages the pack brings, in the paper's symbols."""
 
 
 def list_packs(manifest: Manifest | None = None, *, cache_dir: str | Path | None = None) -> list[PackStatus]:
@@ -203,6 +221,7 @@ def list_packs(manifest: Manifest | None = None, *, cache_dir: str | Path | None
         else:
             kind, location = "missing", f"mavcli/packs/{entry.bundled} (not installed)"
         rows.append(
-            PackStatus(entry.name, kind, location, entry.description, entry.total_size, is_default)
+            PackStatus(entry.name, kind, location, entry.description, entry.total_size, is_default,
+                       entry.licence, entry.size_known, pack_stages(entry, bundled))
         )
     return rows

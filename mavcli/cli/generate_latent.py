@@ -1,0 +1,141 @@
+"""`mav generate` with an open latent video pack (ModelScope text-to-video, Zeroscope): the
+latent cascade of `mavcli.latent_pipeline`, with the same progress, output and reproducibility
+as the shapes cascade."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mavcli.cli import console
+from mavcli.cli.progress import CascadeProgress
+from mavcli.errors import PackError, UserInputError
+
+LATENT_STEP_STAGES = ("keyframes", "upscale")
+
+
+@dataclass
+class LatentRequest:
+    jobs: list[tuple[str, int]]
+    paths: list[Path]
+    fmt: str
+    overwrite: bool
+    negative_prompt: str
+    frames: int | None
+    height: int | None
+    width: int | None
+    steps: dict[str, int]
+    guidance: dict[str, float]
+    interp_factor: int
+    upscale: str | None
+    upscale_size: tuple[int, int] | None
+    upscale_strength: float | None
+    device: str
+    quiet: bool
+    verbose: bool
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'576x320' (width x height) -> (height, width)."""
+    if text is None:
+        return None
+    w, sep, h = text.lower().partition("x")
+    try:
+        size = (int(h), int(w))
+    except ValueError:
+        size = None
+    if not sep or size is None or min(size) < 1:
+        raise UserInputError(f"--upscale-size takes WIDTHxHEIGHT, e.g. 576x320; got {text!r}")
+    return size
+
+
+def open_latent(pack: str | None, folder: Path, device: str):
+    import torch
+
+    from mavcli.latent_pipeline import LatentVideoPipeline
+    from mavcli.pipeline import resolve_device
+
+    dev = resolve_device(device)
+    pipe = LatentVideoPipeline.from_folder(folder, device=dev)
+    if pipe.dtype != torch.float32:
+        console.info(f"computing in {str(pipe.dtype).removeprefix('torch.')} on {dev}")
+    return pipe
+
+
+def latent_pack_folder(pack: str | None, *, download: bool) -> Path | None:
+    """The folder of a latent (diffusers-layout) pack, or None for a mavcli pack. A weights.toml
+    pack that is not downloaded yet is fetched only with --download or after the user agrees."""
+    from mavcli.weights import diffusers_layout as layout
+    from mavcli.weights.manifest import load_manifest
+    from mavcli.weights.resolve import resolve_pack
+
+    if pack is not None and Path(pack).expanduser().is_dir():
+        folder = Path(pack).expanduser()
+        return folder if layout.is_diffusers_folder(folder) else None
+    man = load_manifest()
+    entry = man.get(pack) if pack else None
+    if entry is None or entry.kind != "diffusers":
+        return None
+    try:
+        return resolve_pack(pack, manifest=man, allow_download=False)
+    except PackError:
+        if not download:
+            size = f"{entry.total_size / 1e9:.1f} GB" if entry.size_known else "several GB"
+            question = (f"pack {pack!r} ({entry.repo}, {size}, licence {entry.licence or 'see its model card'}) "
+                        "is not downloaded yet. Download it now?")
+            if not sys.stdin.isatty() or not _confirm(question):
+                raise PackError(f"pack {pack!r} is not downloaded. Fetch it with: {man.fetch_command(pack)} "
+                                "(or pass --download to mav generate)") from None
+    from mavcli.cli.download import RichDownloadProgress
+
+    if entry.licence:
+        console.info(f"{pack}: licence {entry.licence} (the model card: https://huggingface.co/{entry.repo})")
+    with RichDownloadProgress() as progress:
+        return resolve_pack(pack, manifest=man, allow_download=True, progress=progress)
+
+
+def _confirm(question: str) -> bool:
+    import typer
+
+    return typer.confirm(question, default=False, err=True)
+
+
+def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: float) -> None:
+    from mavcli.cli.loading import open_flow_interpolator
+    from mavcli.video import write_video
+
+    t0 = time.perf_counter()
+    pipe = open_latent(pack, folder, req.device)
+    upscaler = None
+    if req.upscale is not None:
+        up_folder = latent_pack_folder(req.upscale, download=False)
+        if up_folder is None:
+            raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
+                                 "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")
+        upscaler = open_latent(req.upscale, up_folder, req.device)
+    interp = open_flow_interpolator(None, req.device) if req.interp_factor > 1 else None
+    load_s = time.perf_counter() - t0
+    for i, ((text, seed), path) in enumerate(zip(req.jobs, req.paths)):
+        label = f"[{i + 1}/{len(req.jobs)}] " if len(req.jobs) > 1 else ""
+        with CascadeProgress(label, disable=req.quiet) as progress:
+            video = pipe(text, negative_prompt=req.negative_prompt, seed=seed, frames=req.frames, height=req.height,
+                         width=req.width, steps=req.steps.get("keyframes"), guidance=req.guidance.get("keyframes"),
+                         interpolator=interp, factor=req.interp_factor, upscaler=upscaler,
+                         upscale_size=req.upscale_size, upscale_steps=req.steps.get("upscale"),
+                         upscale_strength=req.upscale_strength, callback=progress.callback)
+        meta = {"prompt": text, "negative_prompt": req.negative_prompt, "seed": seed, "pack": str(folder),
+                "upscale_pack": req.upscale, "fps": video.fps, "frames": int(video.frames.shape[0]),
+                "size": list(video.frames.shape[1:3]), "steps": req.steps or pipe.settings.steps,
+                "guidance": req.guidance or pipe.settings.guidance, "sampler": "ddim",
+                "interp_factor": req.interp_factor, "device": str(pipe.device), "dtype": str(pipe.dtype),
+                "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}
+        written = write_video(path, video.frames, video.fps, format=req.fmt, metadata=meta, overwrite=req.overwrite)
+        if req.verbose:
+            parts = ", ".join(f"{k} {v:.2f}s" for k, v in video.timings.items())
+            f, h, w = video.frames.shape[:3]
+            console.err.print(f"load {load_s:.2f}s, {parts}; {f} frames {w}x{h} at {video.fps:g} fps")
+        console.result(str(written))
+    if req.verbose:
+        console.err.print(f"total {time.perf_counter() - t_start:.2f}s in this command")
