@@ -180,7 +180,8 @@ def pack_stages(entry: PackEntry, folder: Path | None) -> str:
     if folder is not None and not names:
         names = [p.stem for p in sorted(folder.glob("*.safetensors"))]
     order = list(_SYMBOLS)
-    return " ".join(_SYMBOLS[n] for n in sorted(names, key=order.index) if n in _SYMBOLS and n != "image_encoder")
+    known = sorted((n for n in names if n in _SYMBOLS), key=order.index)
+    return " ".join(_SYMBOLS[n] for n in known)
 
 
 @dataclass(frozen=True)
