@@ -119,6 +119,7 @@ def register(app: typer.Typer) -> None:
         upscale_size: Optional[str] = typer.Option(None, "--upscale-size", help="Latent packs: WIDTHxHEIGHT of the upscaled video (default: the upscaler's)."),
         upscale_strength: Optional[float] = typer.Option(None, "--upscale-strength", min=0.01, max=1.0, help="Latent packs: how far the upscaler re-noises the video (default 0.6)."),
         download: bool = typer.Option(False, "--download", help="Download a weights.toml pack that is not cached yet without asking."),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", dir_okay=False, help="Read this weights.toml instead of mavcli's own."),
     ) -> None:
         """Make a video from a text prompt: text encoder -> prior -> keyframes -> interpolation -> super-resolution."""
         t_start = time.perf_counter()
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
             items = _prompts(prompt, prompts)
             from mavcli.cli.generate_latent import LATENT_STEP_STAGES, latent_pack_folder
 
-            latent = latent_pack_folder(pack, download=download)
+            latent = latent_pack_folder(pack, download=download, manifest=manifest)
             stages = LATENT_STEP_STAGES if latent is not None else SAMPLED_STAGES
             step_table = _pairs(stage_steps, "--stage-steps", int, stages)
             guide_table = _pairs(stage_guidance, "--stage-guidance", float, stages)
@@ -185,14 +186,14 @@ def register(app: typer.Typer) -> None:
                 req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
                                     guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
                                     device, quiet, verbose)
-                run_latent(pack, latent, req, t_start)
+                run_latent(pack, latent, req, t_start, manifest)
                 return
 
             from mavcli.pipeline import MemoryLimitError
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
-            pipe = open_pipeline(pack, device)
+            pipe = open_pipeline(pack, device, manifest)
             load_s = time.perf_counter() - t0
             s = pipe.settings
             skip = s.frame_skip

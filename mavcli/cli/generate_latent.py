@@ -64,7 +64,7 @@ def open_latent(pack: str | None, folder: Path, device: str):
     return pipe
 
 
-def latent_pack_folder(pack: str | None, *, download: bool) -> Path | None:
+def latent_pack_folder(pack: str | None, *, download: bool, manifest: Path | None = None) -> Path | None:
     """The folder of a latent (diffusers-layout) pack, or None for a mavcli pack. A weights.toml
     pack that is not downloaded yet is fetched only with --download or after the user agrees."""
     from mavcli.weights import diffusers_layout as layout
@@ -74,7 +74,7 @@ def latent_pack_folder(pack: str | None, *, download: bool) -> Path | None:
     if pack is not None and Path(pack).expanduser().is_dir():
         folder = Path(pack).expanduser()
         return folder if layout.is_diffusers_folder(folder) else None
-    man = load_manifest()
+    man = load_manifest(manifest)
     entry = man.get(pack) if pack else None
     if entry is None or entry.kind != "diffusers":
         return None
@@ -102,7 +102,7 @@ def _confirm(question: str) -> bool:
     return typer.confirm(question, default=False, err=True)
 
 
-def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: float) -> None:
+def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: float, manifest: Path | None = None) -> None:
     from mavcli.cli.loading import open_flow_interpolator
     from mavcli.video import write_video
 
@@ -110,7 +110,7 @@ def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: floa
     pipe = open_latent(pack, folder, req.device)
     upscaler = None
     if req.upscale is not None:
-        up_folder = latent_pack_folder(req.upscale, download=False)
+        up_folder = latent_pack_folder(req.upscale, download=False, manifest=manifest)
         if up_folder is None:
             raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
                                  "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")

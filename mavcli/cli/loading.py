@@ -30,23 +30,24 @@ def set_threads(threads: int | None) -> str:
     return choice.describe()
 
 
-def open_pipeline(pack: str | None, device: str):
+def open_pipeline(pack: str | None, device: str, manifest: Path | None = None):
     from mavcli.pipeline import MakeAVideoPipeline
 
-    return MakeAVideoPipeline.from_pretrained(_pack_path(pack), device=device)
+    return MakeAVideoPipeline.from_pretrained(_pack_path(pack, manifest), device=device)
 
 
 FLOW_PACK = "realinterp"  # weights.toml name of the real-footage interpolator's pack
 
 
-def _pack_path(pack: str | None) -> Path:
+def _pack_path(pack: str | None, manifest: Path | None = None) -> Path:
     from mavcli.cli.download import RichDownloadProgress
+    from mavcli.weights.manifest import load_manifest
     from mavcli.weights.resolve import resolve_pack
 
     if pack is not None and Path(pack).is_dir():
         return Path(pack)
     with RichDownloadProgress() as progress:
-        return resolve_pack(pack, allow_download=True, progress=progress)
+        return resolve_pack(pack, manifest=load_manifest(manifest), allow_download=True, progress=progress)
 
 
 def open_flow_interpolator(pack: str | None = None, device: str = "auto"):
