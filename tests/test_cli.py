@@ -248,3 +248,18 @@ def test_eval_shapes_candidates_rank_by_the_matcher_and_bad_values_are_refused(t
         r = run("eval", "shapes", "--pack", str(tiny_pack_dir), "--prompts", str(prompts), *bad, "--out", str(tmp_path / "x.json"))
         assert r.exit_code == 2 and msg in r.output
         assert not (tmp_path / "x.json").exists()
+
+
+def test_generate_warns_about_a_pack_without_hashes(tiny_pack_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old-pack"
+    shutil.copytree(tiny_pack_dir, old)
+    index = json.loads((old / "pack.json").read_text())
+    index.pop("sha256")
+    (old / "pack.json").write_text(json.dumps(index))
+    r = run("generate", PROMPT, "--pack", str(old), "--seed", "1", "--out", str(tmp_path / "v.mp4"))
+    assert r.exit_code == 0, r.output
+    assert "records no sha256" in " ".join(r.output.split())
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "1", "--out", str(tmp_path / "w.mp4"))
+    assert r.exit_code == 0 and "records no sha256" not in r.output

@@ -196,11 +196,30 @@ def test_float16_cast_and_back(tiny_pack, tmp_path):
     assert np.abs(out32 - out16).mean() < 8
 
 
+def test_flipped_byte_in_a_folder_pack_is_caught(tiny_pack_dir, tmp_path):
+    import shutil
+
+    pack = tmp_path / "pack"
+    shutil.copytree(tiny_pack_dir, pack)
+    assert load_pack(pack).verified is True
+    f = pack / "keyframes.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x01  # a tensor byte: the file still parses and would load silently
+    f.write_bytes(bytes(data))
+    with pytest.raises(PackError, match="keyframes.safetensors does not match the sha256 recorded in pack.json"):
+        load_pack(pack)
+
+
 def test_tampered_pack_is_refused(tiny_pack_dir, tmp_path):
     import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_pack_dir, bad)
+    # without recorded hashes (a pack from before they were written), so the strict loader speaks
+    index = json.loads((bad / "pack.json").read_text())
+    index.pop("sha256")
+    (bad / "pack.json").write_text(json.dumps(index))
+    assert load_pack(bad).verified is False
     f = bad / "prior.safetensors"
     with safe_open(str(f), "pt") as h:
         meta = h.metadata()

@@ -163,6 +163,43 @@ def cascade(
         console.result(torch_build())
 
 
+@bench_app.command("latent")
+def latent(
+    pack: str = typer.Option("modelscope", help="Which published configuration: modelscope, zeroscope or zeroscope-xl."),
+    frames: int = typer.Option(16, min=1, help="Frames of the video."),
+    height: int = typer.Option(256, min=64, help="Height in pixels (a multiple of 64)."),
+    width: int = typer.Option(256, min=64, help="Width in pixels (a multiple of 64)."),
+    steps: int = typer.Option(50, min=1, help="Sampler steps of the video the estimate is for."),
+    rounds: int = typer.Option(1, min=1, help="Timed U-Net steps (the median is reported)."),
+    dtype: DType = typer.Option(DType.float32, help="Precision of weights and compute."),
+) -> None:
+    """Seconds per guided U-Net step of a full-size open latent video model (its published
+    config, random weights) and the expected time of a default video on this machine."""
+    import torch
+
+    with console.user_errors():
+        from mavcli.bench.latent import run_latent_bench
+        from mavcli.bench.timing import torch_build
+
+        if height % 64 or width % 64:
+            raise UserInputError("--height and --width must be multiples of 64 (VAE x8, U-Net x8)")
+        try:
+            r = run_latent_bench(pack, frames=frames, height=height, width=width, steps=steps, rounds=rounds,
+                                 dtype=getattr(torch, dtype.value))
+        except FileNotFoundError as err:
+            raise UserInputError(str(err)) from None
+        table = Table(title=f"mav bench latent: {pack}, {r.params / 1e9:.2f} B U-Net parameters, "
+                            f"{frames} frames {width}x{height}, {r.dtype}", box=box.SIMPLE)
+        table.add_column("what")
+        table.add_column("seconds", justify="right")
+        table.add_row("one guided U-Net step (batch 2)", f"{r.step_s:.2f}")
+        if r.decode_s is not None:
+            table.add_row("VAE decode, one frame", f"{r.decode_s:.2f}")
+        table.add_row(f"expected: {steps} steps + {frames} decodes", f"{r.expected_s:.0f}")
+        console.out.print(table)
+        console.result(torch_build())
+
+
 def register(app: typer.Typer) -> None:
     """Add `mav bench ...` to the app."""
     app.add_typer(bench_app, name="bench")

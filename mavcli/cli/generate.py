@@ -194,6 +194,9 @@ def register(app: typer.Typer) -> None:
 
             t0 = time.perf_counter()
             pipe = open_pipeline(pack, device, manifest)
+            if not pipe.pack.verified:
+                console.warn(f"{pipe.pack.path}: pack.json records no sha256 of its files, so they were not checked; "
+                             "re-export the pack (mav train export) to add them")
             load_s = time.perf_counter() - t0
             s = pipe.settings
             skip = s.frame_skip

@@ -1,6 +1,7 @@
 """Model packs: a folder with the layout of a Hub repository.
 
-    pack.json              format, version, stage -> file, generation settings
+    pack.json              format, version, stage -> file, generation settings, and the
+                           sha256 of every other file (checked when the pack is loaded)
     <stage>.safetensors    one network per stage, its config in the metadata
     tokenizer.json         the text encoder's vocabulary
     README.md              model card: data, training, measured quality
@@ -23,6 +24,7 @@ from mavcli.errors import PackError, UserInputError
 from mavcli.models.config import config_from_dict, config_to_dict
 from mavcli.models.stages import STAGES
 from mavcli.models.text import Tokenizer
+from mavcli.weights.integrity import sha256_file
 from mavcli.weights.safetensors_io import load_network, save_network
 
 PACK_FORMAT = "mavcli-pack"
@@ -88,6 +90,7 @@ class Pack:
     tokenizer: Tokenizer | None  # None for a pack without a text stage
     settings: PackSettings
     card: str = ""
+    verified: bool = True  # False: pack.json records no hashes (a pack from an older mavcli)
 
     def __getitem__(self, stage: str) -> torch.nn.Module:
         try:
@@ -112,10 +115,10 @@ def save_pack(path: str | os.PathLike, pack: Pack, *, dtype: torch.dtype | None 
             save_network(tmp / files[stage], net, dtype=dtype)
         if pack.tokenizer is not None:  # packs without a text stage need none
             (tmp / "tokenizer.json").write_text(pack.tokenizer.to_json())
-        index = {"format": PACK_FORMAT, "version": PACK_VERSION, "stages": files,
-                 "settings": config_to_dict(pack.settings)}
-        (tmp / "pack.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         (tmp / "README.md").write_text(pack.card or "# mavcli pack\n")
+        index = {"format": PACK_FORMAT, "version": PACK_VERSION, "stages": files,
+                 "settings": config_to_dict(pack.settings), "sha256": file_hashes(tmp)}
+        (tmp / "pack.json").write_text(json.dumps(index, indent=2, sort_keys=True))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -127,6 +130,28 @@ def save_pack(path: str | os.PathLike, pack: Pack, *, dtype: torch.dtype | None 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a pack folder but pack.json (which records them)."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "pack.json"}
+
+
+def verify_files(path: Path, index: dict, names: list[str]) -> bool:
+    """Check `names` against the hashes pack.json records; False when it records none."""
+    recorded = index.get("sha256")
+    if recorded is None:
+        return False
+    if not isinstance(recorded, dict):
+        raise PackError(f"{path / 'pack.json'}: 'sha256' must map file names to hashes")
+    for name in names:
+        want = recorded.get(name)
+        if want is None:
+            raise PackError(f"{path / 'pack.json'} records no sha256 for {name}; re-export the pack")
+        if sha256_file(path / name) != want:
+            raise PackError(f"{path / name} does not match the sha256 recorded in pack.json: the file was changed "
+                            "or damaged. Re-export the pack (mav train export) or download it again")
+    return True
 
 
 def read_index(path: Path) -> dict:
@@ -160,12 +185,16 @@ def load_pack(path: str | os.PathLike, *, device: str | torch.device = "cpu", dt
         if "text_encoder" in index["stages"]:
             raise PackError(f"{path} is missing tokenizer.json") from None
         tokenizer = None
+    wanted = {stage: name for stage, name in index["stages"].items() if stages is None or stage in stages}
+    for name in wanted.values():
+        if not (path / name).is_file():
+            raise PackError(f"{path / name} is missing; the pack is incomplete")
+    texts = ["tokenizer.json"] if tokenizer is not None else []
+    verified = verify_files(path, index, [*wanted.values(), *texts])
     networks = {}
-    for stage, name in index["stages"].items():
-        if stages is not None and stage not in stages:
-            continue
+    for stage, name in wanted.items():
         cls, config_cls = STAGES[stage]
         networks[stage] = load_network(path / name, cls, config_cls, device=device, dtype=dtype)
     settings = config_from_dict(PackSettings, index.get("settings", {}))
     card = (path / "README.md").read_text() if (path / "README.md").is_file() else ""
-    return Pack(path, networks, tokenizer, settings, card)
+    return Pack(path, networks, tokenizer, settings, card, verified)
