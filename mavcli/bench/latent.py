@@ -30,6 +30,7 @@ class LatentBench:
     width: int
     dtype: str
     step_s: float  # one guided U-Net step (batch 2)
+    peak_gib: float  # the process's peak resident memory after the U-Net step (weights + activations)
     decode_s: float | None  # VAE decode of one frame (None when the VAE was not timed)
     steps: int
 
@@ -72,6 +73,7 @@ def run_latent_bench(pack: str, *, frames: int = 16, height: int = 256, width: i
             t0 = time.perf_counter()
             unet(x, t, ctx)
             times.append(time.perf_counter() - t0)
+    peak_gib = peak_rss_gib()
     del unet
     decode_s = None
     if vae:
@@ -88,4 +90,10 @@ def run_latent_bench(pack: str, *, frames: int = 16, height: int = 256, width: i
             model.decode(z)
             decode_s = time.perf_counter() - t0
     return LatentBench(pack, params, frames, height, width, str(dtype).removeprefix("torch."),
-                       sorted(times)[len(times) // 2], decode_s, steps)
+                       sorted(times)[len(times) // 2], peak_gib, decode_s, steps)
+
+
+def peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB

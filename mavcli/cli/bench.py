@@ -193,6 +193,7 @@ def latent(
         table.add_column("what")
         table.add_column("seconds", justify="right")
         table.add_row("one guided U-Net step (batch 2)", f"{r.step_s:.2f}")
+        table.add_row("peak memory after it (GiB, not seconds)", f"{r.peak_gib:.1f}")
         if r.decode_s is not None:
             table.add_row("VAE decode, one frame", f"{r.decode_s:.2f}")
         table.add_row(f"expected: {steps} steps + {frames} decodes", f"{r.expected_s:.0f}")
