@@ -19,7 +19,7 @@ import torch
 from mavcli.errors import PackError, UserInputError
 from mavcli.flow import DisFlow, to_tensor, to_uint8
 from mavcli.models.flowinterp import FlowInterpNet
-from mavcli.video import stream_segments
+from mavcli.segments import stream_segments
 from mavcli.weights.pack import load_pack
 
 STAGE = "flow_interpolation"
@@ -129,7 +129,7 @@ class FlowInterpolator:
     def interpolate_stream(self, frames: Iterable[np.ndarray], factor: int, *, cuts: Iterable[int] = (),
                            chunk: int = 9, callback: Callable[[str, int, int], None] | None = None) -> Iterator[np.ndarray]:
         """`factor` times the frames of a stream of uint8 frames, scene cuts bridged by copies
-        (see `mavcli.video.stream_segments`). Each chunk gets the frames on either side of it,
+        (see `mavcli.segments.stream_segments`). Each chunk gets the frames on either side of it,
         so the motion at chunk boundaries follows its neighbours as in `run` on the whole clip:
         the streamed output equals `run(all frames, factor, breaks=pairs across cuts)`."""
         def run_segment(seg: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> np.ndarray:

@@ -30,7 +30,7 @@ from mavcli.models import SAMPLED_STAGES, STOP_AFTER_STAGES
 from mavcli.models.blocks import blend_known_frames, interp_conditioning, resize_frames
 from mavcli.models.text import with_word_tokens
 from mavcli.models.tiling import tiled
-from mavcli.video import stream_segments
+from mavcli.segments import stream_segments
 from mavcli.weights.pack import Pack, load_pack
 
 ProgressCallback = Callable[[str, int, int], None]

@@ -222,7 +222,7 @@ def test_run_fits_each_pair_to_its_neighbours_motion():
 
 
 def test_stream_hands_segments_their_neighbours_within_a_shot():
-    from mavcli.video import stream_segments
+    from mavcli.segments import stream_segments
 
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(8)]
     seen = []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mavcli.video as video
+import mavcli.video.write as video_write
 from mavcli.errors import UserInputError
 from mavcli.video import (
     VideoWriter,
@@ -139,7 +140,7 @@ def test_streaming_writer_and_reader(tmp_path: Path) -> None:
 def test_crash_mid_write_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    backend = video._PngBackend if name == "crashframes" else video._FfmpegBackend
+    backend = video_write._PngBackend if name == "crashframes" else video_write._FfmpegBackend
     real_write = backend.write
     calls = {"n": 0}
 
@@ -173,7 +174,7 @@ def test_failure_while_finishing_leaves_nothing(
     def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(video.os, "replace", boom)
+    monkeypatch.setattr(video_write.os, "replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_video(tmp_path / "f.webm", _clip(f=3), fps=10)
     assert list(tmp_path.iterdir()) == []

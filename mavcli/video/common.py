@@ -1,0 +1,87 @@
+"""What reading and writing share: the formats, the ffmpeg binary and how to read its messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+from mavcli.errors import UserInputError
+
+
+#: formats ``write_video`` produces
+WRITE_FORMATS: tuple[str, ...] = ("mp4", "webm", "gif", "png")
+_SUFFIX_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".gif": "gif"}
+#: image files read as frames of a folder
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+)
+#: fps assumed for a folder of frames without ``video.json`` and for files that state none
+DEFAULT_FPS = 24.0
+_FOLDER_INFO = "video.json"
+_READABLE = (
+    "mavcli reads video files ffmpeg can decode (mp4, mov, mkv, webm, avi, gif, ...) and "
+    "folders of PNG/JPEG frames"
+)
+_SIZE_KEY = "mavcli_frame_size"  # [w, h] in the comment metadata when mp4 frames were padded
+
+
+def _ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+
+def _ffmpeg_header(path: Path) -> str:
+    """ffmpeg's description of an input file (its stderr for ``ffmpeg -i path``)."""
+    try:
+        proc = subprocess.run(
+            [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise UserInputError(f"ffmpeg took too long to open {path}; is it a video file?") from e
+    return proc.stderr.decode("utf-8", errors="replace")
+
+
+def _header_reason(text: str) -> str:
+    """The most telling line of a failed ffmpeg open, e.g. 'Invalid data found ...'."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if "Error opening input files:" in line:
+            return line.split(":", 1)[1].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "ffmpeg could not open it"
+
+
+def _header_metadata(text: str) -> dict[str, Any]:
+    """The JSON of the first ``comment`` tag in ffmpeg's header text ({} if none / not JSON)."""
+    m = re.search(r"^\s*comment\s*:\s?(.*)$", text, flags=re.MULTILINE | re.IGNORECASE)
+    if not m:
+        return {}
+    try:
+        value = json.loads(m.group(1).strip())
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+
+def _fps_arg(fps: float) -> str:
+    return str(int(fps)) if float(fps).is_integer() else repr(float(fps))
+
+
+def _stderr_tail(fh: Any, n: int = 2000) -> str:
+    try:
+        fh.seek(0)
+        return fh.read().decode("utf-8", errors="replace")[-n:].strip()
+    except (OSError, ValueError):
+        return ""
+
