@@ -5,7 +5,7 @@ Per pair of neighbouring frames: DIS optical flow both ways on the CPU (OpenCV),
 deterministic network evaluation per new frame. The neighbouring pairs' flows (same shot) turn
 the linear motion into constant acceleration (Xu et al. 2019) at no extra flow cost. Memory is
 bounded by a chunk of frames and three pairs' flows, so any length and size of video streams
-through (`interpolate_stream`).
+through (`retime_stream`, which `mav interpolate` runs; `mavcli.retime` plans the times).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import torch
 from mavcli.errors import PackError, UserInputError
 from mavcli.flow import DisFlow, to_tensor, to_uint8
 from mavcli.models.flowinterp import FlowInterpNet
-from mavcli.segments import stream_segments
 from mavcli.weights.pack import load_pack
 
 STAGE = "flow_interpolation"
+#: the smallest frame side DIS optical flow handles (OpenCV refuses smaller images)
+MIN_SIDE = 12
 
 
 class FlowInterpolator:
@@ -56,6 +57,10 @@ class FlowInterpolator:
     def _check(frame0: np.ndarray, frame1: np.ndarray, times: list[float]) -> None:
         if frame0.shape != frame1.shape or frame0.ndim != 3 or frame0.shape[-1] != 3:
             raise UserInputError(f"frames must be two (height, width, 3) RGB arrays of one size; got {frame0.shape}, {frame1.shape}")
+        if min(frame0.shape[:2]) < MIN_SIDE:
+            h, w = frame0.shape[:2]
+            raise UserInputError(f"the frames are {w}x{h}; optical flow needs at least {MIN_SIDE}x{MIN_SIDE} pixels "
+                                 f"(scale the video up first, e.g. ffmpeg -vf scale=-2:{MIN_SIDE * 4})")
         if any(not 0 < t < 1 for t in times):
             raise UserInputError(f"times must lie strictly between 0 and 1; got {times}")
 
@@ -89,51 +94,91 @@ class FlowInterpolator:
             on_pair: Callable[[int], None] | None = None) -> np.ndarray:
         """uint8 `(k, h, w, 3)` -> `((k-1)*factor+1, h, w, 3)`; the given frames are kept exactly.
 
-        DIS runs once per pair, both ways, and each pair's flows also serve its neighbours:
-        F_i->i-1 is pair i-1's backward flow and F_i+1->i+2 pair i+1's forward flow, so the
-        motion between two frames follows constant acceleration at no extra flow cost.
         `before` / `after`: the frames just outside `frames` in the same shot (None: none).
         `breaks`: pairs i (frames i, i+1) that span a scene cut; they use no neighbour, and
-        neither of their neighbours uses them. `on_pair(i)` is called as pair i is done."""
+        neither of their neighbours uses them (their new frames are still interpolated).
+        `on_pair(i)` is called as pair i is done. See `retime_stream` for the motion model."""
         k = len(frames)
-        times = [j / factor for j in range(1, factor)]
-        if k < 2 or not times:
+        if k < 2 or factor < 2:
             return np.asarray(frames)
-        broken = {int(i) for i in breaks}
-        self._check(frames[0], frames[1], times)
-        flows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # pair -> (forward, backward), 3 held at most
+        plan = [[j / factor for j in range(factor)] for _ in range(k - 1)] + [[0.0]]
+        out = self.retime_stream(iter(frames), plan, breaks=breaks, before=before, after=after, on_pair=on_pair)
+        return np.stack(list(out))
+
+    @torch.inference_mode()
+    def retime_stream(self, frames: Iterable[np.ndarray], plan: list[list[float]], *, in_times: list[float] | None = None,
+                      cuts: Iterable[int] = (), breaks: Iterable[int] = (), before: np.ndarray | None = None,
+                      after: np.ndarray | None = None, callback: Callable[[str, int, int], None] | None = None,
+                      on_pair: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+        """Frames for a frame-rate change, streamed: `plan[i]` lists the positions s of the
+        output frames between input frames i and i+1 (`mavcli.retime.plan_pairs`: 0 is frame i
+        itself, 1 frame i+1, anything between is interpolated at that fraction).
+
+        DIS runs once per pair that needs it, both ways, and each pair's flows also serve its
+        neighbours: F_i->i-1 is pair i-1's backward flow and F_i+1->i+2 pair i+1's forward flow,
+        so the motion between two frames follows constant acceleration at no extra flow cost
+        (Xu et al. 2019). Neighbours are used only within a shot (`cuts`: first frames of new
+        shots; `breaks`: pairs i to treat as cut) and, when `in_times` are given, only where
+        their interval is within 10% of the pair's (the model assumes even spacing). Four
+        input frames and three pairs' flows are held at a time. `callback("frames", i, n)` as
+        input frame i is consumed; `on_pair(i)` once pair i's frames are out."""
+        n = len(plan)
+        broken = {int(c) - 1 for c in cuts} | {int(b) for b in breaks}
+        source = iter(frames)
+        held: dict[int, np.ndarray] = {}
+        flows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        read = 0
+
+        def frame(i: int) -> np.ndarray:
+            nonlocal read
+            while read <= i:
+                try:
+                    f = next(source)
+                except StopIteration:
+                    raise UserInputError(f"the video ended after {read} frames; {n} were expected "
+                                         f"(is the file truncated?)") from None
+                if read == 0:
+                    self._check(f, f, [])
+                elif f.shape != held.get(read - 1, f).shape:
+                    raise UserInputError(f"frame {read} is {f.shape}, unlike the frames before it")
+                held[read] = f
+                read += 1
+                if callback is not None:
+                    callback("frames", read, n)
+            return held[i]
 
         def pair(i: int) -> tuple[torch.Tensor, torch.Tensor]:
             if i not in flows:
-                flows[i] = tuple(f.to(self.device) for f in self.flow.pair(frames[i], frames[i + 1]))
+                flows[i] = tuple(f.to(self.device) for f in self.flow.pair(frame(i), frame(i + 1)))
             return flows[i]
 
-        out = [frames[0]]
-        for i in range(k - 1):
-            f0p = f12 = None
-            if self.quadratic and i not in broken:
-                if i > 0 and i - 1 not in broken:
-                    f0p = pair(i - 1)[1]
-                elif i == 0 and before is not None:
-                    f0p = self._flow(frames[0], before)
-                if i + 2 < k and i + 1 not in broken:
-                    f12 = pair(i + 1)[0]
-                elif i + 2 == k and after is not None:
-                    f12 = self._flow(frames[-1], after)
-            out += self._frames(frames[i], frames[i + 1], pair(i), times, f0p, f12) + [frames[i + 1]]
+        def even(i: int, j: int) -> bool:  # pairs i and j have about the same interval
+            if in_times is None:
+                return True
+            a, b = in_times[i + 1] - in_times[i], in_times[j + 1] - in_times[j]
+            return abs(a - b) <= 0.1 * max(a, b)
+
+        for i in range(n):
+            fr = frame(i)
+            new = [s for s in plan[i] if 0.0 < s < 1.0]
+            out: dict[float, np.ndarray] = {}
+            if new:
+                f0p = f12 = None
+                if self.quadratic and i not in broken:
+                    if i > 0 and i - 1 not in broken and even(i - 1, i):
+                        f0p = pair(i - 1)[1]
+                    elif i == 0 and before is not None:
+                        f0p = self._flow(fr, before)
+                    if i + 2 < n and i + 1 not in broken and even(i + 1, i):
+                        f12 = pair(i + 1)[0]
+                    elif i + 2 == n and after is not None:
+                        f12 = self._flow(frame(i + 1), after)
+                out = dict(zip(new, self._frames(fr, frame(i + 1), pair(i), new, f0p, f12)))
+            for s in plan[i]:
+                yield fr if s == 0.0 else frame(i + 1) if s == 1.0 else out[s]
             flows.pop(i - 1, None)
-            if on_pair is not None:
+            held.pop(i - 1, None)
+            if on_pair is not None and i < n - 1:
                 on_pair(i)
-        return np.stack(out)
-
-    def interpolate_stream(self, frames: Iterable[np.ndarray], factor: int, *, cuts: Iterable[int] = (),
-                           chunk: int = 9, callback: Callable[[str, int, int], None] | None = None) -> Iterator[np.ndarray]:
-        """`factor` times the frames of a stream of uint8 frames, scene cuts bridged by copies
-        (see `mavcli.segments.stream_segments`). Each chunk gets the frames on either side of it,
-        so the motion at chunk boundaries follows its neighbours as in `run` on the whole clip:
-        the streamed output equals `run(all frames, factor, breaks=pairs across cuts)`."""
-        def run_segment(seg: np.ndarray, before: np.ndarray | None, after: np.ndarray | None) -> np.ndarray:
-            return self.run(seg, factor, before=before, after=after)
-
-        yield from stream_segments(frames, factor, run_segment, cuts=cuts, chunk=chunk, callback=callback,
-                                   context=True)
+        for rest in source:  # frames beyond the plan: consumed, so a reader closes cleanly
+            del rest

@@ -240,29 +240,56 @@ def test_stream_hands_segments_their_neighbours_within_a_shot():
     assert all(np.array_equal(a, b) for a, b in zip(out, plain))
 
 
+def _retime(interp, frames, factor, cuts=()):
+    """What `mav interpolate --factor` streams: the times planned by mavcli.retime."""
+    from mavcli.retime import plan_pairs, retiming
+
+    r = retiming(1.0, len(frames), factor=factor)
+    return list(interp.retime_stream(iter(frames), plan_pairs(list(range(len(frames))), r.out_times, cuts), cuts=cuts))
+
+
 def test_stream_bridges_scene_cuts_with_copies():
     torch.manual_seed(0)
     interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
     a, b = moving(24, 32, frames=3, seed=1), moving(24, 32, frames=3, seed=2)
     frames = list(a) + list(b)
-    out = list(interp.interpolate_stream(iter(frames), 2, cuts=[3], chunk=3))
-    assert len(out) == (len(frames) - 1) * 2 + 1
+    out = _retime(interp, frames, 2, cuts=[3])
+    assert len(out) == len(frames) * 2  # the duration is kept: the last frame is held
     assert np.array_equal(out[4], a[2]) and np.array_equal(out[5], b[0])  # the gap holds a copy, not a blend
-    assert np.array_equal(np.stack(out[6:]), interp.run(b, 2))
+    assert np.array_equal(np.stack(out[6:11]), interp.run(b, 2)) and np.array_equal(out[11], b[2])
 
 
 def test_streamed_output_equals_run_over_the_whole_clip():
-    """What `mav interpolate` writes (chunks of `chunk` frames) is what `run` makes of the whole
-    clip, the path `mav eval interpolate` measures: chunk boundaries keep their neighbours'
-    motion. The pan accelerates, so linear motion at a boundary would differ."""
+    """What `mav interpolate` writes (frames streamed, four held at a time) is what `run` makes
+    of the whole clip, the path `mav eval interpolate` measures: every pair keeps its
+    neighbours' motion. The pan accelerates, so linear motion would differ."""
     interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
     clip = accelerating(frames=9)
     whole = interp.run(clip, 2)
-    for chunk in (3, 4, 9):
-        streamed = np.stack(list(interp.interpolate_stream(iter(clip), 2, chunk=chunk)))
-        assert np.array_equal(streamed, whole), chunk
+    streamed = np.stack(_retime(interp, list(clip), 2))
+    assert np.array_equal(streamed[:-1], whole) and np.array_equal(streamed[-1], clip[-1])
     linear = FlowInterpolator(interp.net, quadratic=False).run(clip, 2)
     assert not np.array_equal(linear, whole)
+
+
+def test_fractional_positions_are_interpolated_where_they_fall():
+    """25 -> 60 fps: output frame k sits at k/60 s; where that is an input frame's time (every
+    12th output, every 5th input) it is the input frame unchanged, elsewhere the frame the
+    network makes at that fraction of the pair."""
+    from mavcli.retime import plan_pairs, retiming
+
+    interp = FlowInterpolator(FlowInterpNet(FlowInterpConfig(widths=(8, 8), head_width=4)))
+    clip = accelerating(frames=11)
+    times = [i / 25 for i in range(11)]
+    r = retiming(25.0, 11 / 25, fps=60)
+    assert len(r.out_times) == 27 and r.fps == 60  # ceil(11/25 * 60)
+    out = list(interp.retime_stream(iter(clip), plan_pairs(times, r.out_times), in_times=times))
+    assert len(out) == 27
+    for k in (0, 12, 24):
+        assert np.array_equal(out[k], clip[k * 25 // 60])
+    # output 1 (t = 1/60 s) lies at 25/60 of the first pair
+    expect = interp(clip[0], clip[1], [25 / 60], after=clip[2])[0]
+    assert np.array_equal(out[1], expect)
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +342,7 @@ def test_cli_interpolate_flow_method(flow_pack, tmp_path):
     res = runner.invoke(app, ["interpolate", str(src), "-x", "4", "--pack", str(flow_pack), "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     video = read_video(out)
-    assert video.frames.shape == (17, 32, 48, 3) and video.fps == pytest.approx(40)
+    assert video.frames.shape == (20, 32, 48, 3) and video.fps == pytest.approx(40)  # 0.5 s kept: 5 frames x 4
     res = runner.invoke(app, ["interpolate", str(src), "--pack", str(flow_pack), "--steps", "3", "-o", str(tmp_path / "b.mp4")])
     assert res.exit_code == 2 and "--steps" in res.output
     res = runner.invoke(app, ["interpolate", str(src), "--method", "optical", "-o", str(tmp_path / "c.mp4")])

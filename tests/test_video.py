@@ -285,8 +285,10 @@ def test_audio_is_kept(tmp_path: Path) -> None:
     silent_src = write_video(tmp_path / "silent.mp4", frames[:3], fps=10)
     silent = write_video(tmp_path / "out2.mp4", frames, fps=10, audio_from=silent_src)
     assert probe_video(silent).has_audio is False
-    with pytest.raises(UserInputError, match="mp4 or webm"):
+    with pytest.raises(UserInputError, match="gif output cannot hold audio"):
         write_video(tmp_path / "out.gif", frames, fps=10, audio_from=src)
+    mkv = write_video(tmp_path / "out.mkv", frames, fps=10, audio_from=src)
+    assert probe_video(mkv).audio_codec == "aac"  # mkv holds any codec: copied
     with pytest.raises(UserInputError, match="audio source"):
         write_video(tmp_path / "out3.mp4", frames, fps=10, audio_from=tmp_path / "none.wav")
     assert _leftovers(tmp_path) == []

@@ -1,112 +1,309 @@
-"""`mav interpolate INPUT`: more frames between a real video's frames. Default method `flow`:
-DIS optical flow refined by the realinterp pack's network (deterministic, one evaluation per new
-frame); `diffusion`: the cascade pack's masked-frame diffusion network F_i (Make-A-Video 3.3)."""
+"""`mav interpolate INPUT`: more frames between a real video's frames, at any target rate, for
+one video or a folder of them. Default method `flow`: DIS optical flow refined by the realinterp
+pack's network (deterministic, one evaluation per new frame); `diffusion`: the cascade pack's
+masked-frame diffusion network F_i (Make-A-Video 3.3), for 2, 4 or 8 times the frames."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from mavcli.cli import console
-from mavcli.cli.loading import open_pipeline
-from mavcli.errors import UserInputError
+from mavcli.cli.loading import open_pipeline, set_threads
+from mavcli.errors import MavError, UserInputError
 
-FACTORS = (2, 4, 8)
+DIFFUSION_FACTORS = (2, 4, 8)
+AUDIO_MODES = ("auto", "copy", "drop", "stretch")
+_WRITABLE_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".gif")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One run's settings, checked once for every file of a batch."""
+
+    factor: int | None
+    fps: float | None
+    slowmo: int | None
+    method: str
+    audio: str
+    encoding: object  # mavcli.video.Encoding
+    steps: int | None
+    seed: int
+    chunk: int
+    overwrite: bool
+
+
+def _videos_in(folder: Path) -> list[Path]:
+    from mavcli.video import VIDEO_SUFFIXES
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _label(req: Request) -> str:
+    if req.slowmo is not None:
+        return f"slowmo{req.slowmo}"
+    if req.fps is not None:
+        return f"{req.fps:g}fps"
+    return f"x{req.factor or 2}"
+
+
+def _default_out(input: Path, req: Request) -> Path:
+    suffix = input.suffix.lower() if input.suffix.lower() in _WRITABLE_SUFFIXES else ".mp4"
+    name = input.stem if input.is_file() else input.name
+    return input.with_name(f"{name}-{_label(req)}{suffix}")
+
+
+def _check_request(req: Request, out_format: str) -> None:
+    """What can be refused before any video is opened."""
+    from mavcli.video.encoding import choose_encoder
+
+    if req.method not in ("flow", "diffusion"):
+        raise UserInputError(f"--method must be flow or diffusion; got {req.method!r}")
+    if req.method == "flow" and req.steps is not None:
+        raise UserInputError("--steps applies to --method diffusion only (the flow method samples nothing)")
+    given = [n for n, v in (("--factor", req.factor), ("--fps", req.fps), ("--slowmo", req.slowmo)) if v is not None]
+    if len(given) > 1:
+        raise UserInputError(f"give one of --factor, --fps or --slowmo, not {' and '.join(given)}")
+    if req.factor is not None and req.factor < 2:
+        raise UserInputError(f"--factor must be a whole number >= 2; got {req.factor}")
+    if req.slowmo is not None and req.slowmo < 2:
+        raise UserInputError(f"--slowmo must be a whole number >= 2; got {req.slowmo}")
+    if req.fps is not None and not req.fps > 0:
+        raise UserInputError(f"--fps must be a positive number of frames per second; got {req.fps:g}")
+    if req.method == "diffusion" and (req.fps is not None or req.slowmo is not None or (req.factor or 2) not in DIFFUSION_FACTORS):
+        raise UserInputError("--method diffusion makes 2, 4 or 8 times the frames (--factor 2|4|8); "
+                             "use --method flow for --fps, --slowmo or other factors")
+    if req.audio not in AUDIO_MODES:
+        raise UserInputError(f"--audio must be one of {', '.join(AUDIO_MODES)}; got {req.audio!r}")
+    if req.audio == "stretch" and req.slowmo is None:
+        raise UserInputError("--audio stretch applies to --slowmo (the other modes keep the duration, so the audio is copied)")
+    if req.audio == "copy" and req.slowmo is not None:
+        raise UserInputError(f"--slowmo {req.slowmo} makes the video {req.slowmo} times as long, so copied audio "
+                             f"would run out of sync; use --audio stretch (slowed, pitch kept) or --audio drop")
+    if req.chunk < 3:
+        raise UserInputError("--chunk must be >= 3")
+    if out_format != "png":
+        choose_encoder(out_format, req.encoding)  # codec / container / quality mismatches, up front
+    elif req.encoding != type(req.encoding)() and not getattr(req.encoding, "lossless", False):
+        raise UserInputError("a folder of PNG frames is lossless; it takes no --codec, --crf or --pix-fmt")
+
+
+def _out_format(out: Path) -> str:
+    from mavcli.video.write import _resolve_format
+
+    return _resolve_format(out, None)
+
+
+def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, device: str,
+                    progress: Progress, task: TaskID, cache: dict) -> str:
+    """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
+    across the files of a batch."""
+    from mavcli.interpolator import MIN_SIDE
+    from mavcli.retime import plan_pairs, retiming
+    from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
+    from mavcli.video.common import _ffmpeg_header
+    from mavcli.video.encoding import Encoding, parse_stream
+
+    info = probe_video(input)  # clear errors for missing / unreadable / non-video input
+    if min(info.width, info.height) < MIN_SIDE:
+        raise UserInputError(f"{input} is {info.width}x{info.height}; interpolation needs at least "
+                             f"{MIN_SIDE}x{MIN_SIDE} pixels (scale it up first, e.g. ffmpeg -vf scale=-2:{MIN_SIDE * 4})")
+    t0 = time.perf_counter()
+    count = 0
+
+    def counted():
+        nonlocal count
+        for f in iter_video_frames(input):
+            count += 1
+            yield f
+
+    cuts = detect_scene_cuts(counted())
+    if count < 2:
+        raise UserInputError(f"{input} has {count} frame; interpolation needs at least 2")
+    ft = frame_times(input, count)
+    fmt = _out_format(out)
+    in_fps = ft.fps if ft.variable else info.fps
+    if req.method == "flow":
+        plain = req.fps is None and req.slowmo is None
+        r = retiming(in_fps, ft.duration, factor=(req.factor or 2) if plain else None, fps=req.fps, slowmo=req.slowmo)
+        out_fps, n_out = r.fps, len(r.out_times)
+    else:
+        out_fps, n_out = info.fps * (req.factor or 2), (count - 1) * (req.factor or 2) + 1
+    notes = []
+    if cuts:
+        notes.append(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
+    if ft.variable:
+        notes.append(f"variable frame rate ({count} frames over {ft.duration:.2f}s): frames placed by their timestamps")
+    audio_from, tempo = None, None
+    if info.has_audio:
+        if req.audio == "drop":
+            pass
+        elif fmt in ("gif", "png"):
+            notes.append(f"{fmt} output cannot hold audio: left out")
+        elif req.slowmo is not None:
+            if req.audio == "stretch":
+                audio_from, tempo = input, 1.0 / req.slowmo
+            else:
+                notes.append(f"audio left out: slow motion makes the video {req.slowmo}x as long "
+                             "(--audio stretch slows the audio to match)")
+        else:
+            audio_from = input
+    source_pix, colour = (None, None)
+    if input.is_file():
+        source_pix, colour = parse_stream(_ffmpeg_header(input))
+    enc = req.encoding
+    if colour is not None and fmt != "png" and enc.colour == type(enc.colour)():
+        enc = Encoding(codec=enc.codec, crf=enc.crf, lossless=enc.lossless, pix_fmt=enc.pix_fmt, colour=colour)
+
+    if req.method == "flow":
+        if "flow" not in cache:
+            from mavcli.cli.loading import open_flow_interpolator
+
+            cache["flow"] = open_flow_interpolator(pack, device)
+        interp = cache["flow"]
+        used = interp.path
+        plan = plan_pairs(ft.times, r.out_times, cuts)
+
+        def stream(cb):
+            return interp.retime_stream(iter_video_frames(input), plan, in_times=ft.times if ft.variable else None,
+                                        cuts=cuts, callback=cb)
+    else:
+        if "pipe" not in cache:
+            cache["pipe"] = open_pipeline(pack, device)
+        pipe = cache["pipe"]
+        used = pipe.pack.path
+        opts = {"steps": req.steps} if req.steps else {}
+
+        def stream(cb):
+            return pipe.interpolate_stream(iter_video_frames(input), req.factor or 2, fps=info.fps, cuts=cuts,
+                                           seed=req.seed, chunk=req.chunk, callback=cb, **opts)
+
+    progress.update(task, total=n_out, completed=0, visible=True)
+    written = 0
+    meta = {"source": str(input), "mode": _label(req), "fps": out_fps, "scene_cuts": cuts, "method": req.method,
+            "pack": str(used), "variable_frame_rate": ft.variable}
+    with VideoWriter(out, out_fps, audio_from=audio_from, audio_tempo=tempo, encoding=None if fmt == "png" else enc,
+                     source_pix_fmt=source_pix, overwrite=req.overwrite, metadata=meta) as writer:
+        for frame in stream(lambda *_: None):
+            writer.append(frame[None])
+            written += 1
+            rate = written / max(time.perf_counter() - t0, 1e-9)
+            progress.update(task, completed=written, speed=f"{rate:.1f} frames/s")
+    notes += writer.notes
+    for n in notes:
+        console.info(n)
+    audio_note = (" (audio stretched)" if tempo else " (audio copied)") if audio_from is not None else ""
+    return (f"{count} -> {written} frames, {in_fps:g} -> {out_fps:g} fps, {time.perf_counter() - t0:.1f}s" + audio_note)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def interpolate(
-        input: Path = typer.Argument(..., help="A video file (mp4, webm, gif, ...) or a folder of frames."),
-        factor: Optional[int] = typer.Option(None, "--factor", "-x", help="2, 4 or 8 times the frames (default 2)."),
-        target_fps: Optional[float] = typer.Option(None, "--fps", help="Target fps instead of --factor (rounded to 2, 4 or 8)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: INPUT-x2.mp4 beside the input)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+        input: Path = typer.Argument(..., help="A video file (mp4, mov, mkv, webm, gif, ...), a folder of frames, or a folder of videos (each one interpolated)."),
+        factor: Optional[int] = typer.Option(None, "--factor", "-x", help="N times the frames at N times the fps (any whole N >= 2; default 2)."),
+        target_fps: Optional[float] = typer.Option(None, "--fps", help="Exactly this frame rate (e.g. 60 from 23.976 or 25); input frames kept at their times."),
+        slowmo: Optional[int] = typer.Option(None, "--slowmo", help="N times the frames at the input's fps: N times slower."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file, or folder for a folder of videos (default: beside the input, named -x2, -60fps, -slowmo4)."),
+        codec: Optional[str] = typer.Option(None, "--codec", help="libx264 (default), libx265, libvpx-vp9, ffv1 (mkv), prores_ks (mov, mkv)."),
+        crf: Optional[int] = typer.Option(None, "--crf", help="Constant quality: lower is better (default 12 for libx264, 16 libx265, 20 libvpx-vp9)."),
+        lossless: bool = typer.Option(False, "--lossless", help="Store the frames exactly (RGB; large files)."),
+        pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Stored pixel format (default: the input's where the codec can hold it, else yuv420p)."),
+        audio: str = typer.Option("auto", "--audio", help="auto (copy; dropped for --slowmo), copy, drop, or stretch (--slowmo: slowed to match, pitch kept)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a folder run otherwise skips finished files)."),
         method: str = typer.Option("flow", help="flow (fast, deterministic; for real footage) or diffusion (F_i, sampled)."),
         pack: Optional[str] = typer.Option(None, help="Pack to use (default: realinterp for flow, the default pack for diffusion)."),
         steps: Optional[int] = typer.Option(None, help="diffusion: sampler steps of F_i (default: the pack's)."),
         seed: int = typer.Option(0, help="diffusion: random seed of the sampler."),
-        chunk: int = typer.Option(9, help="Input frames held in memory at a time."),
+        chunk: int = typer.Option(9, help="diffusion: input frames held in memory at a time."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use, less those other processes keep busy)."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
-        """Write a video with 2, 4 or 8 times the frames: same size, fps scaled, audio copied,
-        scene cuts never blended across."""
+        """Write a video with more frames: same size, any target fps, audio kept in sync, scene
+        cuts never blended across. A folder of videos is processed file by file."""
         console.set_quiet(quiet)
         with console.user_errors():
-            from mavcli.video import VideoWriter, detect_scene_cuts, iter_video_frames, probe_video
+            from mavcli.video import Encoding, IMAGE_SUFFIXES
 
-            if method not in ("flow", "diffusion"):
-                raise UserInputError(f"--method must be flow or diffusion; got {method!r}")
-            if method == "flow" and steps is not None:
-                raise UserInputError("--steps applies to --method diffusion only (the flow method samples nothing)")
-            if factor is not None and target_fps is not None:
-                raise UserInputError("give --factor or --fps, not both")
-            info = probe_video(input)  # clear errors for missing / unreadable / non-video input
-            if target_fps is not None:
-                if not target_fps > info.fps:
-                    raise UserInputError(f"--fps {target_fps:g} must be above the input's {info.fps:g} fps")
-                want = target_fps / info.fps
-                factor = min(FACTORS, key=lambda f: abs(f - want))
-                if abs(factor - want) > 1e-6:
-                    console.warn(f"--fps {target_fps:g} is {want:.2f}x the input; using x{factor} ({info.fps * factor:g} fps)")
-            factor = factor or 2
-            if factor not in FACTORS:
-                raise UserInputError(f"--factor must be one of {', '.join(map(str, FACTORS))}; got {factor}")
-            if chunk < 3:
-                raise UserInputError("--chunk must be >= 3")
-            if out is None:
-                out = input.with_name(f"{input.stem}-x{factor}.mp4")
+            if codec is not None and lossless and codec not in ("libx264", "libx265", "libvpx-vp9", "ffv1"):
+                raise UserInputError(f"--codec {codec} cannot be lossless; use ffv1 (mkv) or libx264")
+            req = Request(factor, target_fps, slowmo, method, audio,
+                          Encoding(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt),
+                          steps, seed, chunk, overwrite)
+            input = input.expanduser()
+            batch = input.is_dir() and bool(_videos_in(input))
+            if input.is_dir() and not batch and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in input.iterdir()):
+                raise UserInputError(f"{input} holds no videos and no frames; pass a video file, a folder of "
+                                     f"videos, or a folder of PNG/JPEG frames")
+            set_threads(threads)
+            if batch:
+                code = _run_batch(input, out, req, pack, device, quiet)
+                raise typer.Exit(code)
+            out = out.expanduser() if out is not None else _default_out(input, req)
+            _check_request(req, _out_format(out))
             if out.exists() and not overwrite:
                 raise UserInputError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
                 raise UserInputError(f"the output folder {parent} does not exist; create it or choose another --out")
-
-            t0 = time.perf_counter()
-            cuts = detect_scene_cuts(iter_video_frames(input))
-            count = sum(1 for _ in iter_video_frames(input)) if not info.exact else info.num_frames
-            if count < 2:
-                raise UserInputError(f"{input} has {count} frame; interpolation needs at least 2")
-            if cuts:
-                console.info(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
-
-            if method == "flow":
-                from mavcli.cli.loading import open_flow_interpolator
-
-                interp = open_flow_interpolator(pack, device)
-                used = interp.path
-
-                def stream(cb):
-                    return interp.interpolate_stream(iter_video_frames(input), factor, cuts=cuts, chunk=chunk, callback=cb)
-            else:
-                pipe = open_pipeline(pack, device)
-                used = pipe.pack.path
-                opts = {"steps": steps} if steps else {}
-
-                def stream(cb):
-                    return pipe.interpolate_stream(iter_video_frames(input), factor, fps=info.fps, cuts=cuts,
-                                                   seed=seed, chunk=chunk, callback=cb, **opts)
-            new_fps = info.fps * factor
-            progress = Progress(TextColumn("[bold]interpolate"), BarColumn(), MofNCompleteColumn(), TextColumn("input frames"),
-                                TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
-            written = 0
-            with progress, VideoWriter(out, new_fps, audio_from=input if info.has_audio else None, overwrite=overwrite,
-                                       metadata={"source": str(input), "factor": factor, "fps": new_fps,
-                                                 "scene_cuts": cuts, "method": method, "pack": str(used)}) as writer:
-                task = progress.add_task("frames", total=count, speed="")
-
-                def cb(stage, done, _total):
-                    rate = written / max(time.perf_counter() - t0, 1e-9)
-                    progress.update(task, completed=done, speed=f"{rate:.1f} new frames/s")
-
-                for frame in stream(cb):
-                    writer.append(frame[None])
-                    written += 1
-            console.info(f"{count} -> {written} frames, {info.fps:g} -> {new_fps:g} fps, "
-                         f"{time.perf_counter() - t0:.1f}s" + (" (audio copied)" if info.has_audio else ""))
+            progress = _progress(quiet)
+            with progress:
+                task = progress.add_task("interpolate", total=None, name="interpolate", speed="", visible=False)
+                summary = interpolate_one(input, out, req, pack, device, progress, task, {})
+            console.info(summary)
             console.result(str(out))
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                    TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
+
+
+def _run_batch(folder: Path, out: Path | None, req: Request, pack: str | None, device: str, quiet: bool) -> int:
+    """Every video in `folder` into the folder `out`: a failed file is reported and the rest go
+    on (exit 1 at the end), a finished output is skipped (so a stopped batch resumes)."""
+    videos = _videos_in(folder)
+    out = (out.expanduser() if out is not None else folder.with_name(f"{folder.name}-{_label(req)}"))
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out} is a file; for a folder of videos, --out names a folder")
+    if out.resolve() == folder.resolve():
+        raise UserInputError("--out must be another folder than the input's (the outputs would be read as inputs)")
+    targets = []
+    for v in videos:
+        target = out / (v.stem + (v.suffix.lower() if v.suffix.lower() in _WRITABLE_SUFFIXES else ".mp4"))
+        targets.append((v, target))
+        _check_request(req, _out_format(target))
+    out.mkdir(parents=True, exist_ok=True)
+    failed, skipped, done = [], [], []
+    cache: dict = {}
+    progress = _progress(quiet)
+    with progress:
+        overall = progress.add_task("files", total=len(targets), name="all files", speed="")
+        task = progress.add_task("file", total=None, name="", speed="", visible=False)
+        for v, target in targets:
+            progress.update(task, name=v.name)
+            if target.exists() and not req.overwrite:
+                skipped.append(v.name)
+            else:
+                try:
+                    summary = interpolate_one(v, target, req, pack, device, progress, task, cache)
+                    done.append(v.name)
+                    console.info(f"{v.name}: {summary}")
+                    console.result(str(target))
+                except MavError as e:  # one broken file does not stop the batch
+                    failed.append(v.name)
+                    console.error(f"{v.name}: {e}")
+            progress.advance(overall)
+    if skipped:
+        console.info(f"skipped {len(skipped)} already finished: {', '.join(skipped)} (--overwrite redoes them)")
+    console.info(f"{len(done)} written, {len(skipped)} skipped, {len(failed)} failed, into {out}")
+    if failed:
+        console.error(f"failed: {', '.join(failed)}")
+        return 1
+    return 0

@@ -20,7 +20,7 @@ import numpy as np
 from mavcli.errors import UserInputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi"}
+from mavcli.video.common import VIDEO_SUFFIXES  # noqa: F401 (also imported from here by data.motion)
 
 
 def _square(frames: np.ndarray, size: int) -> np.ndarray:

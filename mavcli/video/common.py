@@ -8,16 +8,21 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-
 from mavcli.errors import UserInputError
 
 
 #: formats ``write_video`` produces
-WRITE_FORMATS: tuple[str, ...] = ("mp4", "webm", "gif", "png")
-_SUFFIX_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".gif": "gif"}
+WRITE_FORMATS: tuple[str, ...] = ("mp4", "mov", "mkv", "webm", "gif", "png")
+_SUFFIX_FORMAT = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm", ".gif": "gif"}
+#: ffmpeg muxer of each format
+MUXER = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "gif": "gif"}
 #: image files read as frames of a folder
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+)
+#: video files read as videos (a folder of them is a batch for mav interpolate, or training data)
+VIDEO_SUFFIXES: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".webm", ".gif", ".mov", ".mkv", ".avi"}
 )
 #: fps assumed for a folder of frames without ``video.json`` and for files that state none
 DEFAULT_FPS = 24.0
@@ -26,14 +31,13 @@ _READABLE = (
     "mavcli reads video files ffmpeg can decode (mp4, mov, mkv, webm, avi, gif, ...) and "
     "folders of PNG/JPEG frames"
 )
-_SIZE_KEY = "mavcli_frame_size"  # [w, h] in the comment metadata when mp4 frames were padded
+_SIZE_KEY = "mavcli_frame_size"  # [w, h] in the comment metadata when frames were padded for 4:2:0
 
 
 def _ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
-
 
 
 def _ffmpeg_header(path: Path) -> str:

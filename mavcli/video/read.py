@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ from mavcli.video.common import (
     IMAGE_SUFFIXES,
     _FOLDER_INFO,
     _READABLE,
+    _ffmpeg_exe,
     _SIZE_KEY,
     _ffmpeg_header,
     _header_reason,
@@ -386,3 +388,72 @@ def read_video(
     return clip
 
 
+
+
+@dataclass(frozen=True)
+class FrameTimes:
+    """When each frame of a video is shown: ``times[i]`` seconds after the first frame,
+    ``duration`` the time the last frame ends. ``variable``: the timestamps depart from an
+    even grid at the nominal ``fps`` by more than a quarter of a frame (variable frame rate);
+    otherwise ``times`` is exactly ``i / fps``."""
+
+    times: list[float]
+    duration: float
+    fps: float
+    variable: bool
+
+
+def packet_times(path: Path, stream: str = "v:0") -> tuple[list[float], float] | None:
+    """Presentation times (sorted, from the first) of one stream's packets (``stream``: ffmpeg's
+    stream specifier, e.g. ``v:0`` or ``a:0``) and the end of the last one, read by ffmpeg
+    without decoding (``-c copy -f framemd5``); None if unknown."""
+    try:
+        proc = subprocess.run(
+            [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+             "-map", f"0:{stream}", "-c", "copy", "-f", "framemd5", "-"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=600,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    text = proc.stdout.decode("utf-8", errors="replace")
+    base = re.search(r"^#tb 0: (\d+)/(\d+)", text, flags=re.MULTILINE)
+    if proc.returncode != 0 or base is None:
+        return None
+    tb = int(base.group(1)) / int(base.group(2))
+    packets = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) < 4 or not cols[2].lstrip("-").isdigit():
+            return None  # a packet without a timestamp: fall back to the nominal rate
+        packets.append((int(cols[2]), int(cols[3]) if cols[3].isdigit() else 0))
+    if not packets:
+        return None
+    packets.sort()
+    first = packets[0][0]
+    times = [(p - first) * tb for p, _ in packets]
+    end = times[-1] + (packets[-1][1] * tb or (times[-1] - times[-2] if len(times) > 1 else 0.0))
+    return times, end
+
+
+def frame_times(path: str | os.PathLike[str], count: int | None = None) -> FrameTimes:
+    """The time of every frame of a video file or frames folder (see ``FrameTimes``).
+
+    ``count``: the number of frames the decoder gives (when already known); the timestamps are
+    used only when they describe that many frames, else the nominal rate stands."""
+    info = probe_video(path)
+    fps = info.fps
+    n = count if count is not None else info.num_frames
+    even = [i / fps for i in range(n)]
+    if info.path.is_dir() or n < 2:
+        return FrameTimes(even, n / fps, fps, False)
+    got = packet_times(info.path)
+    if got is None or len(got[0]) != n:
+        return FrameTimes(even, n / fps, fps, False)
+    times, end = got
+    if max(abs(a - b) for a, b in zip(times, even)) <= 0.25 / fps:
+        return FrameTimes(even, n / fps, fps, False)
+    if any(b <= a for a, b in zip(times, times[1:])):
+        return FrameTimes(even, n / fps, fps, False)  # duplicate timestamps: trust the rate
+    return FrameTimes(times, end, n / end if end > 0 else fps, True)

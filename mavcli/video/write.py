@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from mavcli.errors import MavError, UserInputError
+from mavcli.video.encoding import Encoding, EncoderChoice, choose_encoder
 from mavcli.video.common import (
+    MUXER,
     WRITE_FORMATS,
     _SUFFIX_FORMAT,
     _FOLDER_INFO,
@@ -54,7 +56,7 @@ def _resolve_format(path: Path, fmt: str | None) -> str:
     if suffix == "":
         return "png"
     raise UserInputError(
-        f"cannot write {suffix} files ({path}); use a name ending in .mp4, .webm or .gif, or "
+        f"cannot write {suffix} files ({path}); use a name ending in .mp4, .mov, .mkv, .webm or .gif, or "
         f"a folder name without a suffix for PNG frames"
     )
 
@@ -118,23 +120,20 @@ class _FfmpegBackend:
     """Raw RGB frames piped into one ffmpeg process that encodes ``tmp`` (internal)."""
 
     def __init__(
-        self, tmp: Path, fmt: str, width: int, height: int, fps: float, comment: str | None
+        self, tmp: Path, fmt: str, width: int, height: int, fps: float, comment: str | None,
+        choice: EncoderChoice,
     ) -> None:
-        enc_w, enc_h = width, height
-        if fmt == "mp4":  # yuv420p needs even sizes: pad (edge copies) in write()
-            enc_w, enc_h = width + width % 2, height + height % 2
+        half_w, half_h = choice.pad  # 4:2:0 / 4:2:2 H.264 needs even sizes: pad in write()
+        enc_w, enc_h = width + (width % 2 if half_w else 0), height + (height % 2 if half_h else 0)
         self.width, self.height, self.enc_w, self.enc_h = width, height, enc_w, enc_h
         cmd = [
             _ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{enc_w}x{enc_h}",
             "-r", _fps_arg(fps), "-i", "-", "-an",
         ]  # fmt: skip
-        if fmt == "mp4":
-            cmd += ["-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p",
-                    "-movflags", "+faststart"]  # fmt: skip
-        elif fmt == "webm":
-            cmd += ["-c:v", "libvpx-vp9", "-crf", "30", "-b:v", "0", "-pix_fmt", "yuv420p",
-                    "-deadline", "good", "-cpu-used", "4", "-row-mt", "1"]  # fmt: skip
+        cmd += list(choice.args)
+        if fmt in ("mp4", "mov"):
+            cmd += ["-movflags", "+faststart"]
         elif fmt == "gif":
             # one palette for the whole clip (no per-frame palette flicker), error diffusion
             palette = (
@@ -142,9 +141,9 @@ class _FfmpegBackend:
                 "[b][p]paletteuse=dither=sierra2_4a"
             )
             cmd += ["-filter_complex", palette, "-loop", "0"]
-        if comment is not None and fmt in ("mp4", "webm"):
+        if comment is not None and fmt != "gif":
             cmd += ["-metadata", f"comment={comment}"]
-        cmd += ["-f", {"mp4": "mp4", "webm": "webm", "gif": "gif"}[fmt], str(tmp)]
+        cmd += ["-f", MUXER[fmt], str(tmp)]
         self._err = tempfile.TemporaryFile()
         # own session: Ctrl-C reaches Python (which aborts and kills ffmpeg), not ffmpeg, so
         # ffmpeg never races to finish a half-written file
@@ -249,14 +248,22 @@ class VideoWriter:
     Memory stays bounded: frames stream into ffmpeg (or PNG files) as they come.
 
     Args:
-        path: target file (.mp4, .webm, .gif) or folder (no suffix, or ``format="png"``).
+        path: target file (.mp4, .mov, .mkv, .webm, .gif) or folder (no suffix, or ``format="png"``).
         fps: frames per second (> 0).
-        format: ``"mp4" | "webm" | "gif" | "png"``; default from the suffix.
-        metadata: JSON-able dict: sidecar ``sidecar_path(path)`` and, for mp4/webm, the
+        format: one of ``WRITE_FORMATS``; default from the suffix.
+        metadata: JSON-able dict: sidecar ``sidecar_path(path)`` and, except for gif, the
             container ``comment``.
-        audio_from: a file whose audio streams are muxed in (mp4/webm only); a source without
-            audio gives a video without audio.
+        audio_from: a file whose audio streams (all of them) and subtitle streams are muxed in
+            (not for gif or png); a source without audio gives a video without audio. Subtitles
+            the container cannot hold are left out, with a line in ``notes``.
+        audio_tempo: play the audio this much faster (0.5 for a 2x slow motion: ffmpeg's
+            atempo, pitch kept), re-encoding it.
+        encoding: codec, quality, pixel format, colour tags (``Encoding``; default: the
+            container's defaults). ``source_pix_fmt``: the input's pixel format, kept when the
+            codec can store it.
         overwrite: replace an existing target (else ``UserInputError``).
+
+    ``notes``: what was changed or left out on the way (for the caller to show).
     """
 
     def __init__(
@@ -267,10 +274,23 @@ class VideoWriter:
         format: str | None = None,
         metadata: dict[str, Any] | None = None,
         audio_from: str | os.PathLike[str] | None = None,
+        audio_tempo: float | None = None,
+        encoding: Encoding | None = None,
+        source_pix_fmt: str | None = None,
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
         self.format = _resolve_format(self.path, format)
+        self.notes: list[str] = []
+        if self.format == "png":
+            if encoding is not None and encoding != Encoding() and encoding != Encoding(lossless=True):
+                raise UserInputError("a folder of PNG frames is lossless; it takes no --codec, --crf or --pix-fmt")
+            self.choice = None
+        else:
+            self.choice = choose_encoder(self.format, encoding or Encoding(), source_pix_fmt)
+        if audio_tempo is not None and not (0.01 <= audio_tempo <= 100):
+            raise UserInputError(f"audio tempo must be in [0.01, 100]; got {audio_tempo}")
+        self.audio_tempo = audio_tempo
         try:
             fps = float(fps)
         except (TypeError, ValueError) as e:
@@ -284,10 +304,8 @@ class VideoWriter:
         self.sidecar = sidecar_path(self.path) if metadata is not None else None
         self.audio_from: Path | None = None
         if audio_from is not None:
-            if self.format not in ("mp4", "webm"):
-                raise UserInputError(
-                    f"audio can only be kept in mp4 or webm output, not {self.format}"
-                )
+            if self.format in ("gif", "png"):
+                raise UserInputError(f"{self.format} output cannot hold audio; choose mp4, mov, mkv or webm")
             src = Path(audio_from).expanduser()
             if not src.is_file():
                 raise UserInputError(f"the audio source {src} does not exist or is not a file")
@@ -321,7 +339,9 @@ class VideoWriter:
         meta: dict[str, Any] = dict(self.metadata or {})
         assert self._size is not None
         w, h = self._size
-        if self.format == "mp4" and (w % 2 or h % 2):
+        assert self.choice is not None
+        half_w, half_h = self.choice.pad
+        if (half_w and w % 2) or (half_h and h % 2):
             meta[_SIZE_KEY] = [w, h]
         if not meta:
             return None
@@ -335,8 +355,9 @@ class VideoWriter:
             if self.format == "png":
                 self._backend = _PngBackend(self._tmp, w, h, self.fps, self.metadata)
             else:
+                assert self.choice is not None
                 self._backend = _FfmpegBackend(
-                    self._tmp, self.format, w, h, self.fps, self._comment()
+                    self._tmp, self.format, w, h, self.fps, self._comment(), self.choice
                 )
         except PermissionError as e:
             raise UserInputError(f"cannot write in {self.path.parent}: {e.strerror}") from e
@@ -362,32 +383,53 @@ class VideoWriter:
             raise
 
     def _mux_audio(self) -> None:
-        """Copy the audio of ``audio_from`` next to the encoded video (second ffmpeg pass)."""
+        """Add the audio (every stream) and subtitles of ``audio_from`` to the encoded video
+        (second ffmpeg pass: the video stream is copied)."""
         assert self.audio_from is not None
-        acodec = _audio_codec_of(self.audio_from)
-        if acodec is None:
+        header = _ffmpeg_header(self.audio_from)
+        if "Input #0" not in header:
+            raise UserInputError(f"cannot read audio from {self.audio_from} ({_header_reason(header)})")
+        acodecs = re.findall(r"Stream #\d+:\d+.*: Audio: ([A-Za-z0-9_]+)", header)
+        has_subs = re.search(r"Stream #\d+:\d+.*: Subtitle: ", header) is not None
+        if not acodecs and not has_subs:
             return  # nothing to keep: the video stays silent
         copyable = {
             "mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+            "mov": {"aac", "mp3", "alac", "ac3", "eac3", "pcm_s16le", "pcm_s24le"},
             "webm": {"opus", "vorbis"},
         }
-        if acodec.lower() in copyable[self.format]:
-            codec = "copy"  # the audio stream unchanged
-        else:  # the container cannot hold this codec: re-encode
-            codec = "aac" if self.format == "mp4" else "libopus"
-        cmd = [
-            _ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-i", str(self._tmp), "-i", str(self.audio_from),
-            "-map", "0:v:0", "-map", "1:a?", "-c:v", "copy", "-c:a", codec,
-            "-shortest", "-map_metadata", "0",
-        ]  # fmt: skip
-        if self.format == "mp4":
-            cmd += ["-movflags", "+faststart"]
-        cmd += ["-f", self.format, str(self._tmp_audio)]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
-        if proc.returncode != 0:
+        reencode = {"mp4": "aac", "mov": "aac", "webm": "libopus", "mkv": "flac"}[self.format]
+        audio_args: list[str] = []
+        if acodecs:
+            audio_args = ["-map", "1:a"]
+            if self.audio_tempo is not None:
+                audio_args += ["-c:a", reencode, "-filter:a", _atempo(self.audio_tempo)]
+            elif self.format == "mkv" or all(c.lower() in copyable[self.format] for c in acodecs):
+                audio_args += ["-c:a", "copy"]  # the audio streams unchanged
+            else:  # the container cannot hold this codec: re-encode
+                audio_args += ["-c:a", reencode]
+        sub_codec = {"mkv": "copy", "mp4": "mov_text", "mov": "mov_text", "webm": "webvtt"}[self.format]
+        attempts = [["-map", "1:s", "-c:s", sub_codec]] if has_subs else []
+        attempts.append([])
+        for i, subs in enumerate(attempts):
+            cmd = [
+                _ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                "-i", str(self._tmp), "-i", str(self.audio_from),
+                "-map", "0:v:0", "-c:v", "copy", *audio_args, *subs,
+                # cut the audio at the video's end (never the video at the audio's)
+                "-t", f"{self.frames_written / self.fps:.6f}", "-map_metadata", "0",
+            ]  # fmt: skip
+            if self.format in ("mp4", "mov"):
+                cmd += ["-movflags", "+faststart"]
+            cmd += ["-f", MUXER[self.format], str(self._tmp_audio)]
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+            if proc.returncode == 0:
+                if has_subs and not subs:
+                    self.notes.append(f"the subtitles of {self.audio_from.name} cannot go into {self.format}; left out")
+                break
             err = proc.stderr.decode("utf-8", errors="replace")[-2000:].strip()
-            raise MavError(f"ffmpeg failed to add the audio of {self.audio_from}: {err}")
+            if i == len(attempts) - 1:
+                raise MavError(f"ffmpeg failed to add the audio of {self.audio_from}: {err}")
         os.replace(self._tmp_audio, self._tmp)
 
     def close(self) -> Path:
@@ -437,13 +479,18 @@ class VideoWriter:
                 _remove(p)
 
 
-def _audio_codec_of(path: Path) -> str | None:
-    """Codec name of the first audio stream ('aac', 'opus', ...) or None."""
-    text = _ffmpeg_header(path)
-    if "Input #0" not in text:
-        raise UserInputError(f"cannot read audio from {path} ({_header_reason(text)})")
-    m = re.search(r"Stream #\d+:\d+.*: Audio: ([A-Za-z0-9_]+)", text)
-    return m.group(1) if m else None
+def _atempo(tempo: float) -> str:
+    """An ffmpeg audio filter that plays `tempo` times as fast, as a chain of atempo steps
+    inside the 0.5..2 range every ffmpeg build accepts."""
+    steps = []
+    while tempo < 0.5:
+        steps.append(0.5)
+        tempo /= 0.5
+    while tempo > 2.0:
+        steps.append(2.0)
+        tempo /= 2.0
+    steps.append(tempo)
+    return ",".join(f"atempo={s:.6g}" for s in steps)
 
 
 def write_video(
@@ -454,6 +501,7 @@ def write_video(
     format: str | None = None,
     metadata: dict[str, Any] | None = None,
     audio_from: str | os.PathLike[str] | None = None,
+    encoding: Encoding | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write uint8 frames (f, h, w, 3) to ``path`` atomically; see ``VideoWriter``.
@@ -463,7 +511,8 @@ def write_video(
     """
     x = _as_frames(frames)
     with VideoWriter(
-        path, fps, format=format, metadata=metadata, audio_from=audio_from, overwrite=overwrite
+        path, fps, format=format, metadata=metadata, audio_from=audio_from, encoding=encoding,
+        overwrite=overwrite,
     ) as w:
         w.append(x)
     return w.path

@@ -1,0 +1,211 @@
+"""`mav interpolate` as a frame-rate tool: any target fps (timestamps read back from the
+container), variable-frame-rate input, containers and lossless output, audio kept in sync in
+every mode, folders of videos (a broken file, a resumed batch), and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mavcli.cli.app import app
+from mavcli.retime import plan_pairs, retiming
+from mavcli.video import frame_times, probe_video, read_video, write_video
+from mavcli.video.read import packet_times
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def run(*args):
+    return CliRunner().invoke(app, ["interpolate", *map(str, args)])
+
+
+def lavfi(out: Path, *, rate: str, seconds: float, size: str = "64x48", audio: bool = False, extra=(),
+          codec=("-c:v", "libx264", "-pix_fmt", "yuv420p"), pattern="testsrc2") -> Path:
+    cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size={size}:rate={rate}"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+    cmd += ["-t", str(seconds), *extra, *codec]
+    cmd += (["-c:a", "aac", "-shortest"] if audio else []) + [str(out)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def audio_seconds(path: Path) -> float:
+    got = packet_times(path, "a:0")
+    assert got is not None, f"{path} has no audio"
+    return got[1]
+
+
+def video_seconds(path: Path) -> float:
+    return packet_times(path, "v:0")[1]
+
+
+def test_retiming_grids():
+    r = retiming(25.0, 2.0, fps=60)
+    assert len(r.out_times) == 120 and r.out_times[12] == pytest.approx(0.2)
+    ntsc = 24000 / 1001
+    r = retiming(ntsc, 48 / ntsc, fps=60)
+    assert len(r.out_times) == 121  # ceil(2.002 s * 60)
+    assert len(retiming(25.0, 1.0, factor=3).out_times) == 75 and retiming(25.0, 1.0, factor=3).fps == 75
+    slow = retiming(25.0, 1.0, slowmo=4)
+    assert len(slow.out_times) == 100 and slow.fps == 25
+    plan = plan_pairs([0.0, 1.0, 2.0, 3.0], [0.0, 0.5, 1.0, 1.25, 2.5, 3.0, 3.5], cuts=[2])
+    assert plan == [[0.0, 0.5], [0.0, 0.0], [0.5], [0.0, 0.0]]  # 1.25 spans the cut: frame 1; after the end: hold
+    plan = plan_pairs([0.0, 1.0, 2.0], [0.0, 0.4, 0.6, 1.0], cuts=[1])
+    assert plan == [[0.0, 0.0, 1.0], [0.0], []]  # across the cut: the nearer frame, never a blend
+    for bad in (dict(fps=20), dict(fps=0), dict(fps=-5), dict(factor=1), dict(factor=0), dict(slowmo=1)):
+        with pytest.raises(Exception):
+            retiming(25.0, 1.0, **bad)
+
+
+@pytest.mark.parametrize(("rate", "frames"), [("24000/1001", 48), ("25", 50)])
+def test_any_target_fps_places_every_frame_at_its_time(tmp_path, rate, frames):
+    src = lavfi(tmp_path / "in.mp4", rate=rate, seconds=frames / eval(rate) - 0.001)
+    decoded = read_video(src).frames
+    assert len(decoded) == frames
+    out = tmp_path / "out.mkv"
+    r = run(src, "--fps", 60, "--lossless", "--out", out)
+    assert r.exit_code == 0, r.output
+    in_fps = eval(rate)
+    expect = int(np.ceil(frames / in_fps * 60 - 1e-6))
+    times = frame_times(out)
+    assert len(times.times) == expect and not times.variable and times.fps == pytest.approx(60)
+    got, end = packet_times(out)  # the container's own timestamps
+    assert np.allclose(got, np.arange(expect) / 60, atol=1e-3)
+    assert end == pytest.approx(frames / in_fps, abs=1 / 60)  # the duration is kept
+    back = read_video(out).frames
+    assert len(back) == expect
+    kept = 0
+    for k in range(expect):  # where an output time is an input frame's time, that frame is kept
+        i = k * in_fps / 60
+        if abs(i - round(i)) < 1e-6 and round(i) < frames:
+            assert np.array_equal(back[k], decoded[round(i)]), k
+            kept += 1
+    assert kept >= (2 if rate == "25" else 1)  # 23.976 and 60 fps share only t = 0 within 2 s
+    # and between them the frames are new: not copies of either neighbour
+    k = 1
+    assert not np.array_equal(back[k], decoded[0]) and not np.array_equal(back[k], decoded[1])
+
+
+def test_variable_frame_rate_input_uses_its_timestamps(tmp_path):
+    # 10 frames at 25 fps, then frames every 0.08 s: timestamps, not the nominal rate, place them
+    src = lavfi(tmp_path / "vfr.mp4", rate="25", seconds=1,
+                extra=["-vf", "setpts='if(lt(N,10),N/25/TB,(N*2-10)/25/TB)'", "-fps_mode", "vfr"])
+    ft = frame_times(src)
+    assert ft.variable and ft.times[10] == pytest.approx(0.4) and ft.times[11] == pytest.approx(0.48)
+    decoded = read_video(src).frames
+    out = tmp_path / "cfr.mkv"
+    r = run(src, "--fps", 50, "--lossless", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "variable frame rate" in r.output
+    back = read_video(out).frames
+    assert len(back) == int(np.ceil(ft.duration * 50 - 1e-6))
+    for i, t in enumerate(ft.times):  # every input time is on the 50 fps grid: each frame kept at its time
+        assert np.array_equal(back[round(t * 50)], decoded[i]), i
+
+
+def test_containers_and_lossless_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, 57, 101, 3), dtype=np.uint8)  # odd size on purpose
+    from mavcli.video import Encoding
+
+    for name in ("a.mkv", "b.mov", "c.mp4", "d.webm"):
+        path = write_video(tmp_path / name, frames, 24, encoding=Encoding(lossless=True))
+        back = read_video(path)
+        assert np.array_equal(back.frames, frames), name  # lossless equals the frames in memory
+    ffv1 = write_video(tmp_path / "e.mkv", frames, 24, encoding=Encoding(codec="ffv1"))
+    assert probe_video(ffv1).codec == "ffv1" and np.array_equal(read_video(ffv1).frames, frames)
+    vp9 = write_video(tmp_path / "f.webm", frames, 24)
+    assert "101x57" in subprocess.run([FFMPEG, "-hide_banner", "-i", str(vp9)], capture_output=True, text=True).stderr
+
+
+def test_odd_size_kept_and_codec_options(tmp_path):
+    src = lavfi(tmp_path / "odd.mkv", rate="25", seconds=0.4, size="101x57", codec=("-c:v", "ffv1"), pattern="testsrc")
+    assert read_video(src).frames.shape[1:3] == (57, 101)
+    for out, args in ((tmp_path / "o.mp4", []), (tmp_path / "o.webm", []), (tmp_path / "o.mkv", ["--codec", "libx265", "--crf", "20"])):
+        r = run(src, "--out", out, *args)
+        assert r.exit_code == 0, r.output
+        v = read_video(out)
+        assert v.frames.shape[1:3] == (57, 101), out
+    assert probe_video(tmp_path / "o.mkv").codec == "hevc"
+    r = run(src, "--out", tmp_path / "x.mp4", "--codec", "ffv1")
+    assert r.exit_code == 2 and "cannot hold --codec ffv1" in r.output and "mkv" in r.output
+    r = run(src, "--out", tmp_path / "x.webm", "--codec", "libx264")
+    assert r.exit_code == 2 and ".webm takes libvpx-vp9" in r.output
+    r = run(src, "--out", tmp_path / "x.mp4", "--crf", "99")
+    assert r.exit_code == 2 and "--crf" in r.output
+    assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x*"))
+
+
+def test_audio_stays_in_sync_in_every_mode(tmp_path):
+    src = lavfi(tmp_path / "a.mp4", rate="25", seconds=1.2, audio=True)
+    base, base_audio = video_seconds(src), audio_seconds(src)
+    cases = [("x2.mp4", ["--factor", 2], 1), ("x3.mkv", ["--factor", 3], 1), ("60.mov", ["--fps", 60], 1),
+             ("slow.mp4", ["--slowmo", 3, "--audio", "stretch"], 3)]
+    for name, args, stretch in cases:
+        out = tmp_path / name
+        r = run(src, *args, "--out", out)
+        assert r.exit_code == 0, r.output
+        v, a = video_seconds(out), audio_seconds(out)
+        assert v == pytest.approx(base * stretch, abs=0.05), name
+        assert a == pytest.approx(min(v, base_audio * stretch), abs=0.06), (name, a, v)  # as long as before, never past the video
+    r = run(src, "--slowmo", 2, "--out", tmp_path / "quiet.mp4")
+    assert r.exit_code == 0 and "audio left out" in r.output and not probe_video(tmp_path / "quiet.mp4").has_audio
+    r = run(src, "--slowmo", 2, "--audio", "copy", "--out", tmp_path / "bad.mp4")
+    assert r.exit_code == 2 and "out of sync" in " ".join(r.output.split()) and not (tmp_path / "bad.mp4").exists()
+
+
+def test_folder_batch_reports_a_broken_file_and_resumes(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    lavfi(videos / "a.mp4", rate="25", seconds=0.4)
+    lavfi(videos / "c.mkv", rate="25", seconds=0.4)
+    (videos / "b.mp4").write_bytes(b"not a video at all")
+    (videos / "notes.txt").write_text("ignored")
+    out = tmp_path / "out"
+    r = run(videos, "--out", out)
+    assert r.exit_code == 1, r.output
+    assert "b.mp4" in r.output and "2 written, 0 skipped, 1 failed" in " ".join(r.output.split())
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "a.mp4.json", "c.mkv", "c.mkv.json"]  # nothing half-written
+    assert len(read_video(out / "a.mp4").frames) == 20
+    (videos / "b.mp4").unlink()
+    stamp = (out / "a.mp4").stat().st_mtime_ns
+    r = run(videos, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "skipped 2 already finished" in " ".join(r.output.split())
+    assert (out / "a.mp4").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fps", "10"], "not above the input's 25 fps"),
+    (["--fps", "0"], "positive"),
+    (["--fps", "-3"], "positive"),
+    (["--factor", "0"], "--factor must be"),
+    (["--factor", "1"], "--factor must be"),
+    (["--slowmo", "1"], "--slowmo must be"),
+    (["--factor", "2", "--fps", "50"], "not --factor and --fps"),
+    (["--audio", "stretch"], "applies to --slowmo"),
+    (["--method", "diffusion", "--fps", "60"], "use --method flow"),
+])
+def test_bad_requests_exit_2_and_write_nothing(tmp_path, args, message):
+    src = lavfi(tmp_path / "in.mp4", rate="25", seconds=0.4)
+    r = run(src, *args, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_too_small_and_empty_inputs(tmp_path):
+    tiny = lavfi(tmp_path / "tiny.mp4", rate="25", seconds=0.2, size="2x2")
+    r = run(tiny, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 2 and "at least 12x12" in " ".join(r.output.split())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run(empty, "--out", tmp_path / "o2.mp4")
+    assert r.exit_code == 2 and "no videos and no frames" in " ".join(r.output.split())
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o2.mp4").exists()
