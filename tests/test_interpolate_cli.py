@@ -209,3 +209,25 @@ def test_too_small_and_empty_inputs(tmp_path):
     r = run(empty, "--out", tmp_path / "o2.mp4")
     assert r.exit_code == 2 and "no videos and no frames" in " ".join(r.output.split())
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o2.mp4").exists()
+
+
+def test_subtitles_and_every_audio_stream_are_carried(tmp_path):
+    srt = tmp_path / "s.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,800\nhello\n")
+    src = tmp_path / "in.mkv"
+    subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=48000",
+                    "-i", str(srt), "-map", "0:v", "-map", "1:a", "-map", "2:a", "-map", "3:s", "-t", "0.8",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "srt", str(src)], check=True)
+
+    def streams(path):
+        text = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+        return [ln.split(": ")[1] for ln in text.splitlines() if ln.strip().startswith("Stream #")]
+
+    assert streams(src) == ["Video", "Audio", "Audio", "Subtitle"]
+    for name, sub in (("o.mkv", "subrip"), ("o.mp4", "mov_text")):
+        r = run(src, "--out", tmp_path / name)
+        assert r.exit_code == 0, r.output
+        assert streams(tmp_path / name) == ["Video", "Audio", "Audio", "Subtitle"], name
+        text = subprocess.run([FFMPEG, "-hide_banner", "-i", str(tmp_path / name)], capture_output=True, text=True).stderr
+        assert f"Subtitle: {sub}" in text
