@@ -63,6 +63,10 @@ def test_bundled_only_pack_needs_no_repo() -> None:
     ("text", "needle"),
     [
         (manifest_text(revision="main"), "40-hex commit sha"),
+        (manifest_text(revision="refs/pr/3"), "pull-request ref, which can move"),
+        (manifest_text(revision="refs/heads/main", extra='unpinned = "x"\n'), "40-hex commit sha"),
+        (manifest_text(extra='unpinned = "no hash"\n'), "'unpinned' is only for a pull-request ref"),
+        (manifest_text(revision="refs/pr/3", extra='unpinned = " "\n'), "'unpinned' must say why"),
         (manifest_text(revision="abc123"), "40-hex commit sha"),
         (manifest_text().replace(f'revision = "{SHA}"\n', ""), "missing 'revision'"),
         (manifest_text().replace('repo = "mavcli/tiny"\n', ""), "missing 'repo'"),
@@ -137,5 +141,29 @@ def test_packaged_manifest_loads_and_is_the_default() -> None:
     assert man.path == DEFAULT_MANIFEST
     # With mavcli's own manifest the fetch command needs no --manifest.
     assert man.fetch_command("shapes") == "mav download weights shapes"
-    for entry in man.packs.values():  # whatever packs it lists must be pinned
-        assert entry.bundled is not None or (entry.revision is not None and len(entry.revision) == 40)
+    for entry in man.packs.values():  # whatever packs it lists are pinned, or say why they cannot be
+        assert entry.bundled is not None or entry.pinned or (entry.unpinned and entry.revision.startswith("refs/pr/"))
+
+
+def test_a_pull_request_ref_is_accepted_only_with_its_reason() -> None:
+    entry = parse_manifest(manifest_text(revision="refs/pr/46", extra='unpinned = "hash unknown"\n')).packs["tiny"]
+    assert entry.revision == "refs/pr/46" and entry.unpinned == "hash unknown"
+    assert not entry.pinned
+    assert parse_manifest(manifest_text()).packs["tiny"].pinned
+
+
+def test_packaged_manifest_lists_the_open_latent_packs() -> None:
+    man = load_manifest()
+    for name in ("modelscope", "zeroscope", "zeroscope-xl"):
+        entry = man.packs[name]
+        assert entry.kind == "diffusers" and entry.licence and entry.licence.startswith("cc-by-nc-4.0")
+        paths = {f.path for f in entry.files}
+        assert {"model_index.json", "unet/config.json", "scheduler/scheduler_config.json",
+                "tokenizer/vocab.json", "tokenizer/merges.txt"} <= paths
+        assert not any(p.endswith((".bin", ".pth", ".ckpt")) for p in paths)
+        assert sum(p.endswith(".safetensors") for p in paths) == 3  # unet, vae, text encoder
+    modelscope = man.packs["modelscope"]
+    # pinned: a commit and a published sha256 and size for every file, the fp16 variants
+    assert modelscope.pinned and all(f.sha256 and f.size for f in modelscope.files)
+    assert modelscope.file("unet/diffusion_pytorch_model.fp16.safetensors").size == 2822650226
+    assert not man.packs["zeroscope"].pinned and man.packs["zeroscope"].unpinned

@@ -29,10 +29,10 @@ def repo_files(tmp_path_factory) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def manifest(revision: str, files: dict[str, bytes]) -> str:
+def manifest(revision: str, files: dict[str, bytes], unpinned: str | None = None) -> str:
     lines = ['default = "shapes"', "[packs.shapes]", 'bundled = "shapes"',
              "[packs.tiny-t2v]", f'repo = "{REPO}"', f'revision = "{revision}"', 'kind = "diffusers"',
-             'licence = "cc-by-nc-4.0"', 'description = "test"']
+             'licence = "cc-by-nc-4.0"', 'description = "test"'] + ([f'unpinned = "{unpinned}"'] if unpinned else [])
     for path in files:
         lines += ["[[packs.tiny-t2v.files]]", f'path = "{path}"', 'sha256 = "hub"']
     return "\n".join(lines) + "\n"
@@ -112,3 +112,26 @@ def test_generate_downloads_with_flag_then_runs(setup):
                "--frames", "2", "--interp-factor", "1", "--seed", "0", "--out", "fox.mp4")
     assert done.returncode == 0, done.stderr
     assert (tmp / "fox.mp4").stat().st_size > 0
+
+
+def test_a_pull_request_ref_downloads_with_a_warning_and_records_its_commit(tmp_path, repo_files):
+    """A pack whose safetensors live only in a Hub conversion PR (Zeroscope): the ref is fetched,
+    the user is told it is not pinned, and the hashes the Hub reports are recorded and checked."""
+    import hashlib
+
+    with StandInHub() as hub:
+        hub.add_repo(REPO, {"model_index.json": b"{}", "unet/x.bin": b"pickle"})  # main: pickles only
+        sha = hub.add_repo(REPO, repo_files, branch="refs/pr/7")
+        (tmp_path / "weights.toml").write_text(manifest("refs/pr/7", repo_files, unpinned="hash unknown"))
+        done = run(tmp_path, hub, "download", "weights", "tiny-t2v", "--manifest", str(tmp_path / "weights.toml"))
+        assert done.returncode == 0, done.stderr
+        err = " ".join(done.stderr.split())
+        assert "refs/pr/7 is not pinned to a commit (hash unknown)" in err
+        folder = Path(done.stdout.strip().splitlines()[-1])
+        assert folder.name == sha  # the snapshot of the commit the ref pointed at
+        for path, content in repo_files.items():
+            assert (folder / path).read_bytes() == content
+        record = json.loads((folder.parent.parent / "mavcli-verified" / "refs" / "pr" / "7.json").read_text())
+        assert record == {p: hashlib.sha256(c).hexdigest() for p, c in repo_files.items()}
+        packs = run(tmp_path, hub, "packs", "--manifest", str(tmp_path / "weights.toml"))
+        assert packs.returncode == 0 and "cached" in packs.stdout + packs.stderr

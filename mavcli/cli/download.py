@@ -159,8 +159,7 @@ def weights(
                     "Hub repo to download from; reinstall mavcli"
                 )
             target = None if dir is None else (dir if len(names) == 1 else dir / name)
-            if entry.licence:
-                console.info(f"{name}: licence {entry.licence} (the model card: https://huggingface.co/{entry.repo})")
+            announce_pack(name, entry)
             with RichDownloadProgress() as progress:
                 path = download_pack(
                     entry,
@@ -169,10 +168,19 @@ def weights(
                     fetch_command=man.fetch_command(name),
                 )
             by_hub = sum(f.sha256 is None for f in entry.files)
-            how = (f" ({by_hub} against the hashes the Hub reports at {entry.revision[:12]}, recorded for later loads)"
+            how = (f" ({by_hub} against the hashes the Hub reports at {entry.revision[:12] if entry.pinned else entry.revision}, recorded for later loads)"
                    if by_hub else "")
             console.info(f"{name}: {len(entry.files)} files, sha256 verified{how}")
             console.result(str(path))
+
+
+def announce_pack(name: str, entry) -> None:
+    """Before a pack's first download: its licence, and a warning when its revision is a ref."""
+    if entry.licence:
+        console.info(f"{name}: licence {entry.licence} (the model card: https://huggingface.co/{entry.repo})")
+    if not entry.pinned:
+        console.warn(f"{name}: {entry.revision} is not pinned to a commit ({entry.unpinned}); the files "
+                     "are verified against the hashes the Hub reports for it now")
 
 
 def _quiet_hub_logging() -> None:

@@ -88,10 +88,9 @@ def latent_pack_folder(pack: str | None, *, download: bool, manifest: Path | Non
             if not sys.stdin.isatty() or not _confirm(question):
                 raise PackError(f"pack {pack!r} is not downloaded. Fetch it with: {man.fetch_command(pack)} "
                                 "(or pass --download to mav generate)") from None
-    from mavcli.cli.download import RichDownloadProgress
+    from mavcli.cli.download import RichDownloadProgress, announce_pack
 
-    if entry.licence:
-        console.info(f"{pack}: licence {entry.licence} (the model card: https://huggingface.co/{entry.repo})")
+    announce_pack(pack, entry)
     with RichDownloadProgress() as progress:
         return resolve_pack(pack, manifest=man, allow_download=True, progress=progress)
 

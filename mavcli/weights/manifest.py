@@ -48,13 +48,16 @@ DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "weights.toml"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# a Hub pull-request ref: the only unpinned revision a manifest may name, for a repository whose
+# safetensors exist only in an unmerged conversion PR whose commit hash is not known
+_PR_REF = re.compile(r"refs/pr/[1-9][0-9]*")
 _PACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Hub ids: "name" or "owner/name"; letters, digits, '-', '_', '.'; no '--' or '..' (Hub rules).
 REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*")
 
 #: `sha256 = "hub"`: no published hash is known; verify against the Hub's own at the revision
 HUB_HASH = "hub"
-_PACK_KEYS = {"repo", "revision", "bundled", "description", "files", "kind", "licence"}
+_PACK_KEYS = {"repo", "revision", "bundled", "description", "files", "kind", "licence", "unpinned"}
 #: what a pack is: mavcli's own layout (pack.json), or a diffusers-layout latent video model
 PACK_KINDS = {"mavcli": "pack.json", "diffusers": "model_index.json"}
 _FILE_KEYS = {"path", "sha256", "size"}
@@ -91,6 +94,13 @@ class PackEntry:
     description: str = ""
     kind: str = "mavcli"
     licence: str | None = None
+    unpinned: str | None = None
+    """Why `revision` is a pull-request ref rather than a commit (None: pinned)."""
+
+    @property
+    def pinned(self) -> bool:
+        """True when the revision is a 40-hex commit, which cannot change under the user."""
+        return self.revision is not None and bool(_COMMIT.fullmatch(self.revision))
 
     @property
     def downloadable(self) -> bool:
@@ -310,12 +320,25 @@ def _parse_pack(name: str, table: Any, source: str) -> PackEntry:
             f"{where}: missing 'revision': pin the 40-hex commit sha of {repo} "
             "(a branch name could change under the user)"
         )
-    if not isinstance(revision, str) or not _COMMIT.fullmatch(revision.lower()):
+    unpinned = table.get("unpinned")
+    if unpinned is not None and (not isinstance(unpinned, str) or not unpinned.strip()):
+        raise ManifestError(f"{where}: 'unpinned' must say why the revision cannot be a commit")
+    if isinstance(revision, str) and _PR_REF.fullmatch(revision):
+        if unpinned is None:
+            raise ManifestError(
+                f"{where}: revision {revision!r} is a pull-request ref, which can move; pin its 40-hex "
+                "commit sha, or say why that is not possible in 'unpinned = \"...\"'"
+            )
+    elif not isinstance(revision, str) or not _COMMIT.fullmatch(revision.lower()):
         raise ManifestError(
             f"{where}: 'revision' must be a full 40-hex commit sha, got {revision!r} "
             "(branch and tag names are not pinned)"
         )
-    revision = revision.lower()
+    elif unpinned is not None:
+        raise ManifestError(f"{where}: 'unpinned' is only for a pull-request ref revision; {revision} is pinned")
+    else:
+        revision = revision.lower()
+    extra["unpinned"] = unpinned
 
     raw_files = table.get("files")
     if raw_files is None:

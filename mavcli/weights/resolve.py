@@ -218,7 +218,8 @@ def list_packs(manifest: Manifest | None = None, *, cache_dir: str | Path | None
                 kind, location = "cached", str(state.root)
             else:
                 assert entry.revision is not None
-                kind, location = "downloadable", f"{entry.repo}@{entry.revision[:12]}"
+                at = entry.revision[:12] if entry.pinned else f"{entry.revision} (unpinned)"
+                kind, location = "downloadable", f"{entry.repo}@{at}"
         else:
             kind, location = "missing", f"mavcli/packs/{entry.bundled} (not installed)"
         rows.append(
