@@ -27,6 +27,7 @@ from mavcli.diffusion.discrete import DiscreteSchedule, add_noise, sample_ddim_d
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.latent_unet import LatentUnet3D
 from mavcli.weights import diffusers_layout as layout
+from mavcli.runtime import cpu_has_native_bf16
 
 ProgressCallback = Callable[[str, int, int], None]
 LATENT_STAGES = ("keyframes", "vae_decode", "interpolation", "upscale")
@@ -60,13 +61,8 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     AMX), float32 otherwise: on other CPUs bfloat16 is emulated and slower than float32."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return torch.float32
-        if "avx512_bf16" in flags or "amx_bf16" in flags:
-            return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 

@@ -72,6 +72,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """What the networks compute in: 'auto' is bfloat16 on CUDA and on CPUs that multiply
+    bfloat16 in hardware (AVX512-BF16, AMX), float32 elsewhere (on other CPUs bfloat16 is
+    emulated and slower, and MPS keeps float32)."""
+    if precision not in PRECISIONS:
+        raise UserInputError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "float32" or device.type == "mps":
+        return torch.float32
+    if precision == "bfloat16" or device.type == "cuda":
+        return torch.bfloat16
+    from mavcli.runtime import cpu_has_native_bf16
+
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+
+
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 `(f, h, w, 3)` -> float `(1, 3, f, h, w)` in [-1, 1]."""
     if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -89,9 +107,10 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
 class MakeAVideoPipeline:
     """Text to video with a mavcli pack. See `from_pretrained` and `__call__`."""
 
-    def __init__(self, pack: Pack, device: str | torch.device = "cpu") -> None:
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu", *, precision: str = "auto") -> None:
         self.pack = pack
         self.device = resolve_device(device)
+        self.compute_dtype = resolve_precision(precision, self.device)
         for net in pack.networks.values():
             net.to(self.device).eval().requires_grad_(False)
         self.settings = pack.settings
@@ -101,21 +120,25 @@ class MakeAVideoPipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None, allow_download: bool = False) -> MakeAVideoPipeline:
+                        dtype: torch.dtype | None = None, allow_download: bool = False,
+                        precision: str = "auto") -> MakeAVideoPipeline:
         """A pack by local folder, by name in weights.toml (bundled or in the HF cache), or by
-        Hub repo id (`allow_download=True` fetches it). `dtype` casts the networks."""
+        Hub repo id (`allow_download=True` fetches it). `dtype` casts the networks; `precision`
+        is what they compute in (see `resolve_precision`)."""
         path = Path(name_or_path) if name_or_path is not None else None
         if path is None or not path.is_dir():
             from mavcli.weights.resolve import resolve_pack
 
             path = resolve_pack(None if name_or_path is None else str(name_or_path), allow_download=allow_download)
         dev = resolve_device(device)
-        return cls(load_pack(path, device=dev, dtype=dtype), dev)
+        return cls(load_pack(path, device=dev, dtype=dtype), dev, precision=precision)
 
     # ---------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """The networks' matrix products and convolutions in bfloat16 where `compute_dtype` says
+        so; the samplers' state stays float32 either way."""
+        if self.compute_dtype == torch.bfloat16 and self.device.type in ("cuda", "cpu"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _generator(self, seed: int, stage: str) -> torch.Generator:

@@ -132,3 +132,14 @@ def available_memory() -> int | None:
             continue
         avail = left if avail is None else min(avail, left)
     return avail
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch
+    emulates bfloat16 on the CPU and it is slower than float32."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+

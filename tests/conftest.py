@@ -34,3 +34,17 @@ def tiny_pack():
 @pytest.fixture(scope="session")
 def tiny_pack_dir(tiny_pack, tmp_path_factory):
     return save_pack(tmp_path_factory.mktemp("packs") / "tiny", tiny_pack, dtype=None)
+
+
+@pytest.fixture
+def unhashed_pack(tiny_pack_dir, tmp_path):
+    """A copy of the tiny pack whose pack.json records no sha256 (as packs from before hashes)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "unhashed-pack"
+    shutil.copytree(tiny_pack_dir, folder)
+    index = json.loads((folder / "pack.json").read_text())
+    index.pop("sha256")
+    (folder / "pack.json").write_text(json.dumps(index))
+    return folder

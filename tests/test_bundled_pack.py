@@ -24,10 +24,11 @@ GOLDEN = Path(__file__).parent / "data" / "shapes_pack_golden.safetensors"
 PROMPT, SEED = "a blue square moving up on a white background", 0
 
 
-def one_step_video() -> np.ndarray:
+def one_step_video(precision: str = "float32") -> np.ndarray:
+    """float32 by default: the record is of the float32 path, which every CPU can run."""
     from mavcli import MakeAVideoPipeline
 
-    pipe = MakeAVideoPipeline.from_pretrained(None, device="cpu")
+    pipe = MakeAVideoPipeline.from_pretrained(None, device="cpu", precision=precision)
     return pipe(PROMPT, seed=SEED, steps=1).frames  # (f, h, w, 3) uint8
 
 

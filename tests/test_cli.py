@@ -57,6 +57,22 @@ def test_generate_mp4_and_gif(tiny_pack_dir, tmp_path):
     assert np.array_equal(read_video(tmp_path / "frames").frames, expected)
 
 
+def test_generate_precision_is_chosen_recorded_and_checked(tiny_pack_dir, tmp_path):
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--precision", "float32",
+            "--format", "png", "--out", str(tmp_path / "f32"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "f32.json").read_text())["precision"] == "float32"
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--precision", "bfloat16",
+            "--format", "png", "--out", str(tmp_path / "bf16"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "bf16.json").read_text())["precision"] == "bfloat16"
+    f32, bf16 = (read_video(tmp_path / name).frames.astype(int) for name in ("f32", "bf16"))
+    assert 0 < np.abs(f32 - bf16).mean() < 8  # the same video, rounded differently
+    r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--precision", "fp8", "--out", str(tmp_path / "x.mp4"))
+    assert r.exit_code == 2 and "choose auto, float32 or bfloat16" in r.output
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_generate_default_name_prints_seed_and_never_overwrites(tiny_pack_dir, tmp_path):
     r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), cwd=tmp_path)
     assert r.exit_code == 0, r.output
@@ -250,14 +266,8 @@ def test_eval_shapes_candidates_rank_by_the_matcher_and_bad_values_are_refused(t
         assert not (tmp_path / "x.json").exists()
 
 
-def test_generate_warns_about_a_pack_without_hashes(tiny_pack_dir, tmp_path):
-    import shutil
-
-    old = tmp_path / "old-pack"
-    shutil.copytree(tiny_pack_dir, old)
-    index = json.loads((old / "pack.json").read_text())
-    index.pop("sha256")
-    (old / "pack.json").write_text(json.dumps(index))
+def test_generate_warns_about_a_pack_without_hashes(tiny_pack_dir, unhashed_pack, tmp_path):
+    old = unhashed_pack
     r = run("generate", PROMPT, "--pack", str(old), "--seed", "1", "--out", str(tmp_path / "v.mp4"))
     assert r.exit_code == 0, r.output
     assert "records no sha256" in " ".join(r.output.split())

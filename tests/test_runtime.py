@@ -53,3 +53,32 @@ def test_busy_cores_elsewhere_reads_proc_stat(tmp_path: Path, monkeypatch):
 def test_busy_cores_on_this_machine_is_a_share_of_its_cores():
     busy = runtime.busy_cores_elsewhere(0.05)
     assert 0.0 <= busy <= (runtime.os.cpu_count() or 1)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert runtime.cpu_has_native_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert runtime.cpu_has_native_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert not runtime.cpu_has_native_bf16(info)
+    assert not runtime.cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    import torch
+
+    from mavcli.errors import UserInputError
+    from mavcli.pipeline import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("bfloat16", cpu) == torch.bfloat16  # asked for: emulated, but honoured
+    assert resolve_precision("float32", torch.device("cuda")) == torch.float32
+    assert resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(UserInputError, match="choose one of auto, float32, bfloat16"):
+        resolve_precision("half", cpu)

@@ -107,6 +107,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use, less those other processes keep busy)."),
+        precision: str = typer.Option("auto", "--precision", help="auto, float32 or bfloat16: what the networks compute in (auto: bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else float32)."),
         num_videos: int = typer.Option(1, "--num-videos", "-n", help="Videos per prompt (seeds seed, seed+1, ...)."),
         prompts: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the output paths."),
@@ -128,6 +129,8 @@ def register(app: typer.Typer) -> None:
             fmt = fmt.lower()
             if fmt not in FORMATS:
                 raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
+            if precision not in ("auto", "float32", "bfloat16"):
+                raise UserInputError(f"--precision {precision!r}: choose auto, float32 or bfloat16")
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
             check_matcher_options(candidates, matcher_guidance)
@@ -185,7 +188,7 @@ def register(app: typer.Typer) -> None:
 
                 req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
                                     guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
-                                    device, quiet, verbose)
+                                    device, quiet, verbose, precision)
                 run_latent(pack, latent, req, t_start, manifest)
                 return
 
@@ -193,11 +196,13 @@ def register(app: typer.Typer) -> None:
             from mavcli.video import write_video
 
             t0 = time.perf_counter()
-            pipe = open_pipeline(pack, device, manifest)
+            pipe = open_pipeline(pack, device, manifest, precision)
             if not pipe.pack.verified:
                 console.warn(f"{pipe.pack.path}: pack.json records no sha256 of its files, so they were not checked; "
                              "re-export the pack (mav train export) to add them")
             load_s = time.perf_counter() - t0
+            if verbose:
+                console.err.print(f"computing in {str(pipe.compute_dtype).removeprefix('torch.')} on {pipe.device}")
             s = pipe.settings
             skip = s.frame_skip
             keyframes = None if frames is None else max(1, math.ceil((frames - 1) / skip) + 1)
@@ -221,6 +226,7 @@ def register(app: typer.Typer) -> None:
                         "frames": int(clip.shape[0]), "size": list(clip.shape[1:3]), "steps": step_table or s.steps,
                         "guidance": guide_table or s.guidance,
                         "sampler": {st: pipe.stage_sampler(sampler, st) for st in s.steps}, "device": str(pipe.device),
+                        "precision": str(pipe.compute_dtype).removeprefix("torch."),
                         "candidates": candidates or s.keyframe_candidates,
                         "matcher_guidance": s.matcher_guidance if matcher_guidance is None else matcher_guidance,
                         "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}

@@ -35,6 +35,7 @@ class LatentRequest:
     device: str
     quiet: bool
     verbose: bool
+    precision: str = "auto"
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -51,14 +52,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return size
 
 
-def open_latent(pack: str | None, folder: Path, device: str):
+def open_latent(pack: str | None, folder: Path, device: str, precision: str = "auto"):
     import torch
 
     from mavcli.latent_pipeline import LatentVideoPipeline
-    from mavcli.pipeline import resolve_device
+    from mavcli.pipeline import resolve_device, resolve_precision
 
     dev = resolve_device(device)
-    pipe = LatentVideoPipeline.from_folder(folder, device=dev)
+    dtype = None if precision == "auto" else resolve_precision(precision, dev)  # auto: fp16 on old GPUs too
+    pipe = LatentVideoPipeline.from_folder(folder, device=dev, dtype=dtype)
     if pipe.dtype != torch.float32:
         console.info(f"computing in {str(pipe.dtype).removeprefix('torch.')} on {dev}")
     return pipe
@@ -106,14 +108,14 @@ def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: floa
     from mavcli.video import write_video
 
     t0 = time.perf_counter()
-    pipe = open_latent(pack, folder, req.device)
+    pipe = open_latent(pack, folder, req.device, req.precision)
     upscaler = None
     if req.upscale is not None:
         up_folder = latent_pack_folder(req.upscale, download=False, manifest=manifest)
         if up_folder is None:
             raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
                                  "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")
-        upscaler = open_latent(req.upscale, up_folder, req.device)
+        upscaler = open_latent(req.upscale, up_folder, req.device, req.precision)
     interp = open_flow_interpolator(None, req.device) if req.interp_factor > 1 else None
     load_s = time.perf_counter() - t0
     for i, ((text, seed), path) in enumerate(zip(req.jobs, req.paths)):

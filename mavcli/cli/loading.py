@@ -30,10 +30,10 @@ def set_threads(threads: int | None) -> str:
     return choice.describe()
 
 
-def open_pipeline(pack: str | None, device: str, manifest: Path | None = None):
+def open_pipeline(pack: str | None, device: str, manifest: Path | None = None, precision: str = "auto"):
     from mavcli.pipeline import MakeAVideoPipeline
 
-    return MakeAVideoPipeline.from_pretrained(_pack_path(pack, manifest), device=device)
+    return MakeAVideoPipeline.from_pretrained(_pack_path(pack, manifest), device=device, precision=precision)
 
 
 FLOW_PACK = "realinterp"  # weights.toml name of the real-footage interpolator's pack

@@ -39,7 +39,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
                                 interp_start=0.1, keyframe_candidates=4, matcher_guidance=50.0,
                                 guidance={**PackSettings().guidance, "keyframes": 1.5},
                                 sr_video_start=0.1, sr_image_start=0.2, stage_samplers={"keyframes": "ddpm"},
-                                steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 8, "sr_image": 8})
+                                steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 4, "sr_image": 4})
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),
