@@ -81,7 +81,7 @@ def run_latent_bench(pack: str, *, frames: int = 16, height: int = 256, width: i
 
         diffusers = require_extra("diffusers")
         cfg = {k: v for k, v in pack_config(pack, "vae").items() if not k.startswith("_")}
-        model = diffusers.AutoencoderKL.from_config(cfg).to(dtype).eval()
+        model = torch.nn.Module.to(diffusers.AutoencoderKL.from_config(cfg), dtype).eval()  # see load_vae
         _random_fill(model)
         z = torch.randn(1, cfg.get("latent_channels", 4), height // f, width // f, dtype=dtype)
         with torch.inference_mode():

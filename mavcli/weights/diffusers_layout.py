@@ -329,7 +329,8 @@ def load_vae(folder: str | Path, *, variant: str | None = "fp16", dtype: torch.d
     config = {k: v for k, v in read_json(vae_dir / "config.json").items() if not k.startswith("_")}
     vae = diffusers.AutoencoderKL.from_config(config)
     _load_strict(vae, read_tensors(weight_files(vae_dir, WEIGHT_NAMES["vae"], variant), dtype), str(vae_dir))
-    return (vae if dtype == torch.float32 else vae.to(dtype)).eval()
+    # torch's own cast: diffusers' override warns about float32 modules even when it names none
+    return (vae if dtype == torch.float32 else torch.nn.Module.to(vae, dtype)).eval()
 
 
 def load_text_encoder(folder: str | Path, *, variant: str | None = "fp16", dtype: torch.dtype = torch.float32):
