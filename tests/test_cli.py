@@ -266,6 +266,36 @@ def test_eval_shapes_candidates_rank_by_the_matcher_and_bad_values_are_refused(t
         assert not (tmp_path / "x.json").exists()
 
 
+def test_eval_shapes_seed_sets_report_each_set_with_its_breakdown(tiny_pack_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\na blue square moving up on a white background\n")
+    out = tmp_path / "sets.json"
+    r = run("eval", "shapes", "--pack", str(tiny_pack_dir), "--prompts", str(prompts), "--stop-after", "keyframes",
+            "--seeds", "0", "--seeds", "100", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "seeds 0-1" in r.output and "seeds 100-101" in r.output
+    report = json.loads(out.read_text())
+    sets = report["seed_sets"]
+    assert [s["first_seed"] for s in sets] == [0, 100]
+    assert [[v["seed"] for v in s["videos"]] for s in sets] == [[0, 1], [100, 101]]
+    from mavcli.eval.shapes_eval import STABLE_AREA_STD
+
+    for s in sets:
+        videos, b = s["videos"], s["breakdown"]
+        assert b["by_shape"]["circle"]["n"] == 1 and b["by_shape"]["square"]["n"] == 1
+        assert b["by_background"]["black"]["all_right"] == int(videos[0]["all_correct"])
+        stable = [v["stability"]["area_rel_std"] < STABLE_AREA_STD for v in videos if v["stability"].get("area_rel_std") is not None]
+        assert b["stable"] == sum(stable) / 2
+        square = videos[1]["measures"]["fill_ratio"]
+        if square == square:  # an object was found (not NaN)
+            assert b["fill_ratio"]["square on white"] == {"min": square, "median": square, "n": 1}
+    for bad, msg in ((("--seeds", "0", "--seeds", "1"), "--seeds 0 and 1 overlap"),
+                     (("--seed", "5", "--seeds", "10"), "not both")):
+        r = run("eval", "shapes", "--pack", str(tiny_pack_dir), "--prompts", str(prompts), *bad, "--out", str(tmp_path / "x.json"))
+        assert r.exit_code == 2 and msg in " ".join(r.output.split()), r.output
+        assert not (tmp_path / "x.json").exists()
+
+
 def test_generate_warns_about_a_pack_without_hashes(tiny_pack_dir, unhashed_pack, tmp_path):
     old = unhashed_pack
     r = run("generate", PROMPT, "--pack", str(old), "--seed", "1", "--out", str(tmp_path / "v.mp4"))

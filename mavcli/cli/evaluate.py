@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         motions: list[str] = typer.Option([], "--motion", help="Restrict the default set to these motions."),
         backgrounds: list[str] = typer.Option([], "--background", help="Restrict the default set to these backgrounds."),
         seed: int = typer.Option(0, help="Seed of the first video (then +1 per video)."),
+        seeds: list[int] = typer.Option([], "--seeds", help="Several disjoint seed sets, each a whole run of the prompts from this first seed (repeat: --seeds 0 --seeds 1000); the report has each set's breakdown."),
         steps: Optional[int] = typer.Option(None, help="Sampler steps for every stage (default: the pack's)."),
         out: Path = typer.Option(Path("eval-shapes.json"), "--out", "-o", help="Where to write the JSON report."),
         save_videos: Optional[Path] = typer.Option(None, "--save-videos", help="Also write every video into this folder."),
@@ -46,7 +47,14 @@ def register(app: typer.Typer) -> None:
         console.set_quiet(quiet)
         with console.user_errors():
             from mavcli.data.shapes import BACKGROUNDS, HELD_OUT, MOTIONS, parse_caption
-            from mavcli.eval.shapes_eval import default_prompts, run_shapes_eval, write_report
+            from mavcli.eval.shapes_eval import (
+                breakdown,
+                default_prompts,
+                disjoint_seed_sets,
+                run_shapes_eval,
+                write_report,
+                write_seed_sets,
+            )
 
             check_choices("--motion", motions, MOTIONS)
             check_choices("--background", backgrounds, BACKGROUNDS)
@@ -64,6 +72,9 @@ def register(app: typer.Typer) -> None:
                 prompts = default_prompts(sorted(HELD_OUT), motions or MOTIONS, backgrounds or tuple(BACKGROUNDS))
             if not prompts:
                 raise UserInputError("no prompts to evaluate")
+            if seeds and seed != 0:
+                raise UserInputError("give --seed (one set) or --seeds (several), not both")
+            disjoint_seed_sets(seeds, len(prompts))
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
                 raise UserInputError(f"the output folder {parent} does not exist")
@@ -72,29 +83,49 @@ def register(app: typer.Typer) -> None:
             pipe = open_pipeline(pack, device)
             progress = Progress(TextColumn("[bold]eval shapes"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                                 TextColumn("{task.fields[last]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
+            sets = seeds or [seed]
+            reports = []
             with progress:
-                task = progress.add_task("eval", total=len(prompts), last="")
+                task = progress.add_task("eval", total=len(prompts) * len(sets), last="")
+                for k, first in enumerate(sets):
+                    def on_video(i, n, row, done=k * len(prompts)):
+                        mark = "ok" if row["all_correct"] else "miss"
+                        progress.update(task, completed=done + i, last=f"{mark}: {row['prompt']}")
 
-                def on_video(i, n, row):
-                    mark = "ok" if row["all_correct"] else "miss"
-                    progress.update(task, completed=i, last=f"{mark}: {row['prompt']}")
-
-                report = run_shapes_eval(pipe, prompts, seed=seed, steps=steps, on_video=on_video, save_dir=save_videos,
-                                         stop_after=stop_after, candidates=candidates, matcher_guidance=matcher_guidance)
+                    reports.append((first, run_shapes_eval(
+                        pipe, prompts, seed=first, steps=steps, on_video=on_video, save_dir=save_videos,
+                        stop_after=stop_after, candidates=candidates, matcher_guidance=matcher_guidance)))
             stage = f", after {stop_after}" if stop_after else ""
-            table = Table(title=f"mav eval shapes: {report.prompts} prompts{stage}, {report.seconds_per_video:.1f} s per video")
+            per_video = sum(r.seconds_per_video for _, r in reports) / len(reports)
+            table = Table(title=f"mav eval shapes: {len(prompts)} prompts{stage}, {per_video:.1f} s per video")
             table.add_column("attribute")
-            table.add_column("correct", justify="right")
+            for first, _ in reports:
+                table.add_column(f"seeds {first}-{first + len(prompts) - 1}" if seeds else "correct", justify="right")
             from mavcli.eval.shapes_metrics import ATTRIBUTES
 
+            sums = [r.summary for _, r in reports]
             for k in ATTRIBUTES:
-                if k in report.summary["accuracy"]:
-                    table.add_row(k, f"{100 * report.summary['accuracy'][k]:.1f}%")
-            table.add_row("all four", f"{100 * report.summary['all_correct']:.1f}%")
-            for k, v in report.summary["stability"].items():
-                table.add_row(f"stability: {k}", f"{v:.3f}")
+                if k in sums[0]["accuracy"]:
+                    table.add_row(k, *(f"{100 * sm['accuracy'][k]:.1f}%" for sm in sums))
+            table.add_row("all four", *(f"{100 * sm['all_correct']:.1f}%" for sm in sums))
+            if seeds:
+                details = [breakdown(r.rows) for _, r in reports]
+                table.add_row("stable (area rel. std < 0.10)", *(f"{100 * d['stable']:.1f}%" for d in details))
+                for shape in details[0]["by_shape"]:
+                    table.add_row(f"shape right: {shape}", *(f"{d['by_shape'][shape]['shape_right']}/{d['by_shape'][shape]['n']}"
+                                                             for d in details))
+                for bg in details[0]["by_background"]:
+                    table.add_row(f"all four: on {bg}", *(f"{d['by_background'][bg]['all_right']}/{d['by_background'][bg]['n']}"
+                                                          for d in details))
+                for key in details[0]["fill_ratio"]:
+                    table.add_row(f"fill min / median: {key}", *(
+                        f"{d['fill_ratio'][key]['min']:.3f} / {d['fill_ratio'][key]['median']:.3f}" if key in d["fill_ratio"] else "-"
+                        for d in details))
+            for k in sums[0]["stability"]:
+                table.add_row(f"stability: {k}", *(f"{sm['stability'].get(k, float('nan')):.3f}" for sm in sums))
             console.out.print(table)
-            console.result(str(write_report(report, out)))
+            written = write_seed_sets(reports, out) if seeds else write_report(reports[0][1], out)
+            console.result(str(written))
 
     @eval_app.command("interpolate")
     def interpolate(

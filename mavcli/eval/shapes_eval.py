@@ -5,13 +5,17 @@ held-out colour-shape pair with every motion and background, in canonical wordin
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mavcli.data.shapes import BACKGROUNDS, HELD_OUT, MOTIONS
+from mavcli.errors import UserInputError
 from mavcli.eval.shapes_metrics import ATTRIBUTES, evaluate_clip, summarize
 
 
@@ -63,10 +67,60 @@ def run_shapes_eval(pipe, prompts: list[str], *, seed: int = 0, steps=None,
     return EvalReport(str(pipe.pack.path), len(prompts), summary, rows, elapsed / max(1, len(prompts)))
 
 
+#: a clip is stable when its object's area varies by less than this (relative std over frames)
+STABLE_AREA_STD = 0.10
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """What one seed set says beyond the accuracies: per expected shape and per background,
+    the clips with the shape right, all four right and stable; the object's fill ratio (min,
+    median) per shape and background; the share of stable clips."""
+    def stable(r: dict) -> bool:
+        v = (r.get("stability") or {}).get("area_rel_std")
+        return v is not None and not math.isnan(v) and v < STABLE_AREA_STD
+
+    groups: dict[str, dict[str, list[dict]]] = {"shape": {}, "background": {}}
+    fills: dict[str, list[float]] = {}
+    for r in rows:
+        exp = r["expected"]
+        for key in groups:
+            if key in exp:
+                groups[key].setdefault(str(exp[key]), []).append(r)
+        fill = r["measures"].get("fill_ratio")
+        if fill is not None and not math.isnan(fill) and "shape" in exp:
+            fills.setdefault(f"{exp['shape']} on {exp.get('background', '?')}", []).append(float(fill))
+    out: dict = {"stable": sum(map(stable, rows)) / max(1, len(rows)), "stable_threshold": STABLE_AREA_STD}
+    for key, by_value in groups.items():
+        out[f"by_{key}"] = {v: {"n": len(rs), "shape_right": sum(bool(r["correct"].get("shape")) for r in rs),
+                                "all_right": sum(bool(r["all_correct"]) for r in rs), "stable": sum(map(stable, rs))}
+                            for v, rs in sorted(by_value.items())}
+    out["fill_ratio"] = {k: {"min": min(v), "median": float(np.median(v)), "n": len(v)} for k, v in sorted(fills.items())}
+    return out
+
+
+def disjoint_seed_sets(bases: list[int], count: int) -> None:
+    """Refuse seed sets that share a seed: set k uses bases[k] .. bases[k] + count - 1."""
+    spans = sorted((b, b + count) for b in bases)
+    for (a0, a1), (b0, _) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise UserInputError(f"--seeds {a0} and {b0} overlap: each set uses {count} seeds from its first "
+                                 f"(one per prompt); start the next at {a1} or later")
+
+
 def write_report(report: EvalReport, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({"pack": report.pack, "prompts": report.prompts, "summary": report.summary,
                                "seconds_per_video": report.seconds_per_video, "videos": report.rows}, indent=2, default=_plain))
+    os.replace(tmp, path)
+    return path
+
+
+def write_seed_sets(reports: list[tuple[int, EvalReport]], path: Path) -> Path:
+    """One JSON report for several seed sets: each set's summary, breakdown and videos."""
+    tmp = path.with_name(f".{path.name}.partial")
+    sets = [{"first_seed": seed, "prompts": r.prompts, "summary": r.summary, "breakdown": breakdown(r.rows),
+             "seconds_per_video": r.seconds_per_video, "videos": r.rows} for seed, r in reports]
+    tmp.write_text(json.dumps({"pack": reports[0][1].pack, "seed_sets": sets}, indent=2, default=_plain))
     os.replace(tmp, path)
     return path
 
@@ -78,4 +132,5 @@ def _plain(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-__all__ = ["ATTRIBUTES", "EvalReport", "canonical_prompt", "default_prompts", "run_shapes_eval", "write_report"]
+__all__ = ["ATTRIBUTES", "STABLE_AREA_STD", "EvalReport", "breakdown", "canonical_prompt", "default_prompts",
+           "disjoint_seed_sets", "run_shapes_eval", "write_report", "write_seed_sets"]
