@@ -72,21 +72,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")
-
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """What the networks compute in: 'auto' is bfloat16 on CUDA and on CPUs that multiply
     bfloat16 in hardware (AVX512-BF16, AMX), float32 elsewhere (on other CPUs bfloat16 is
     emulated and slower, and MPS keeps float32)."""
+    from mavcli.runtime import PRECISIONS, cpu_has_native_bf16
+
     if precision not in PRECISIONS:
         raise UserInputError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "float32" or device.type == "mps":
         return torch.float32
     if precision == "bfloat16" or device.type == "cuda":
         return torch.bfloat16
-    from mavcli.runtime import cpu_has_native_bf16
-
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 

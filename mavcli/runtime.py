@@ -134,6 +134,10 @@ def available_memory() -> int | None:
     return avail
 
 
+#: what `--precision` accepts (mavcli.pipeline.resolve_precision says what each means)
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch
     emulates bfloat16 on the CPU and it is slower than float32."""

@@ -69,7 +69,7 @@ def test_generate_precision_is_chosen_recorded_and_checked(tiny_pack_dir, tmp_pa
     f32, bf16 = (read_video(tmp_path / name).frames.astype(int) for name in ("f32", "bf16"))
     assert 0 < np.abs(f32 - bf16).mean() < 8  # the same video, rounded differently
     r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--precision", "fp8", "--out", str(tmp_path / "x.mp4"))
-    assert r.exit_code == 2 and "choose auto, float32 or bfloat16" in r.output
+    assert r.exit_code == 2 and "choose auto, float32, bfloat16" in r.output
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -303,3 +303,13 @@ def test_generate_warns_about_a_pack_without_hashes(tiny_pack_dir, unhashed_pack
     assert "records no sha256" in " ".join(r.output.split())
     r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "1", "--out", str(tmp_path / "w.mp4"))
     assert r.exit_code == 0 and "records no sha256" not in r.output
+
+
+def test_bench_cascade_times_every_stage_in_the_precision_asked(tiny_pack_dir):
+    for precision in ("float32", "bfloat16"):
+        r = run("bench", "cascade", "--pack", str(tiny_pack_dir), "--steps", "1", "--precision", precision)
+        assert r.exit_code == 0, r.output
+        out = " ".join(r.output.split())
+        assert f"on cpu, {precision}" in out
+        for stage in ("keyframes", "interpolation", "sr_video", "sr_image", "peak memory"):
+            assert stage in out

@@ -18,6 +18,7 @@ import torch
 class CascadeReport:
     pack: str
     device: str
+    precision: str
     frames: int
     size: tuple[int, int]
     load_s: float
@@ -46,11 +47,11 @@ def _reset_peak() -> bool:
 
 
 def run_cascade_bench(pack: str | None, *, prompt: str, device: str = "cpu", seed: int = 0,
-                      steps: int | None = None, repeats: int = 1) -> CascadeReport:
+                      steps: int | None = None, repeats: int = 1, precision: str = "auto") -> CascadeReport:
     from mavcli.pipeline import MakeAVideoPipeline
 
     t0 = time.perf_counter()
-    pipe = MakeAVideoPipeline.from_pretrained(pack, device=device)
+    pipe = MakeAVideoPipeline.from_pretrained(pack, device=device, precision=precision)
     load_s = time.perf_counter() - t0
     pipe(prompt, seed=seed, steps=1)  # warm-up: first-call allocations and kernel selection
     dev = pipe.device
@@ -69,5 +70,6 @@ def run_cascade_bench(pack: str | None, *, prompt: str, device: str = "cpu", see
             best = (total, out)
     total, out = best
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _rss_field("VmHWM")
-    return CascadeReport(str(pipe.pack.path), str(dev), out.frames.shape[0], out.frames.shape[1:3], load_s, total,
+    precision_used = str(pipe.compute_dtype).removeprefix("torch.")
+    return CascadeReport(str(pipe.pack.path), str(dev), precision_used, out.frames.shape[0], out.frames.shape[1:3], load_s, total,
                          dict(out.timings), peak, baseline)

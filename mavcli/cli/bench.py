@@ -138,6 +138,7 @@ def cascade(
     device: str = typer.Option("cpu", help="cpu, cuda or mps."),
     steps: Optional[int] = typer.Option(None, help="Sampler steps for every stage (default: the pack's)."),
     repeats: int = typer.Option(1, help="Runs after the warm-up; the fastest is reported."),
+    precision: str = typer.Option("auto", help="auto, float32 or bfloat16 (as for mav generate)."),
 ) -> None:
     """Seconds per stage and peak memory of one generation (issue 4)."""
     from rich.table import Table
@@ -148,8 +149,9 @@ def cascade(
         from mavcli.weights.resolve import resolve_pack
 
         path = pack if pack and Path(pack).is_dir() else str(resolve_pack(pack))
-        r = run_cascade_bench(path, prompt=prompt, device=device, steps=steps, repeats=max(1, repeats))
-        table = Table(title=f"mav bench cascade: {r.frames} frames {r.size[1]}x{r.size[0]} on {r.device}")
+        r = run_cascade_bench(path, prompt=prompt, device=device, steps=steps, repeats=max(1, repeats),
+                              precision=precision)
+        table = Table(title=f"mav bench cascade: {r.frames} frames {r.size[1]}x{r.size[0]} on {r.device}, {r.precision}")
         table.add_column("stage")
         table.add_column("seconds", justify="right")
         for stage, sec in r.stages.items():

@@ -129,8 +129,10 @@ def register(app: typer.Typer) -> None:
             fmt = fmt.lower()
             if fmt not in FORMATS:
                 raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
-            if precision not in ("auto", "float32", "bfloat16"):
-                raise UserInputError(f"--precision {precision!r}: choose auto, float32 or bfloat16")
+            from mavcli.runtime import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
             check_matcher_options(candidates, matcher_guidance)
