@@ -130,6 +130,11 @@ class MakeAVideoPipeline:
         dev = resolve_device(device)
         return cls(load_pack(path, device=dev, dtype=dtype), dev, precision=precision)
 
+    @property
+    def precision(self) -> str:
+        """The name of what the networks compute in: 'float32' or 'bfloat16'."""
+        return str(self.compute_dtype).removeprefix("torch.")
+
     # ---------------------------------------------------------------------------------------
     def _autocast(self):
         """The networks' matrix products and convolutions in bfloat16 where `compute_dtype` says

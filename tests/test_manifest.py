@@ -148,8 +148,9 @@ def test_packaged_manifest_loads_and_is_the_default() -> None:
 def test_a_pull_request_ref_is_accepted_only_with_its_reason() -> None:
     entry = parse_manifest(manifest_text(revision="refs/pr/46", extra='unpinned = "hash unknown"\n')).packs["tiny"]
     assert entry.revision == "refs/pr/46" and entry.unpinned == "hash unknown"
-    assert not entry.pinned
-    assert parse_manifest(manifest_text()).packs["tiny"].pinned
+    assert not entry.pinned and entry.revision_label == "refs/pr/46"
+    pinned = parse_manifest(manifest_text()).packs["tiny"]
+    assert pinned.pinned and pinned.revision_label == SHA[:12]
 
 
 def test_packaged_manifest_lists_the_open_latent_packs() -> None:

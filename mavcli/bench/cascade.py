@@ -70,6 +70,5 @@ def run_cascade_bench(pack: str | None, *, prompt: str, device: str = "cpu", see
             best = (total, out)
     total, out = best
     peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _rss_field("VmHWM")
-    precision_used = str(pipe.compute_dtype).removeprefix("torch.")
-    return CascadeReport(str(pipe.pack.path), str(dev), precision_used, out.frames.shape[0], out.frames.shape[1:3], load_s, total,
+    return CascadeReport(str(pipe.pack.path), str(dev), pipe.precision, out.frames.shape[0], out.frames.shape[1:3], load_s, total,
                          dict(out.timings), peak, baseline)

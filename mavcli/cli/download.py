@@ -168,7 +168,7 @@ def weights(
                     fetch_command=man.fetch_command(name),
                 )
             by_hub = sum(f.sha256 is None for f in entry.files)
-            how = (f" ({by_hub} against the hashes the Hub reports at {entry.revision[:12] if entry.pinned else entry.revision}, recorded for later loads)"
+            how = (f" ({by_hub} against the hashes the Hub reports at {entry.revision_label}, recorded for later loads)"
                    if by_hub else "")
             console.info(f"{name}: {len(entry.files)} files, sha256 verified{how}")
             console.result(str(path))

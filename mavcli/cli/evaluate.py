@@ -108,8 +108,8 @@ def register(app: typer.Typer) -> None:
                 if k in sums[0]["accuracy"]:
                     table.add_row(k, *(f"{100 * sm['accuracy'][k]:.1f}%" for sm in sums))
             table.add_row("all four", *(f"{100 * sm['all_correct']:.1f}%" for sm in sums))
+            details = [breakdown(r.rows) for _, r in reports] if seeds else []
             if seeds:
-                details = [breakdown(r.rows) for _, r in reports]
                 table.add_row("stable (area rel. std < 0.10)", *(f"{100 * d['stable']:.1f}%" for d in details))
                 for shape in details[0]["by_shape"]:
                     table.add_row(f"shape right: {shape}", *(f"{d['by_shape'][shape]['shape_right']}/{d['by_shape'][shape]['n']}"
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
             for k in sums[0]["stability"]:
                 table.add_row(f"stability: {k}", *(f"{sm['stability'].get(k, float('nan')):.3f}" for sm in sums))
             console.out.print(table)
-            written = write_seed_sets(reports, out) if seeds else write_report(reports[0][1], out)
+            written = write_seed_sets(reports, details, out) if seeds else write_report(reports[0][1], out)
             console.result(str(written))
 
     @eval_app.command("interpolate")

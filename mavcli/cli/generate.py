@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
                              "re-export the pack (mav train export) to add them")
             load_s = time.perf_counter() - t0
             if verbose:
-                console.err.print(f"computing in {str(pipe.compute_dtype).removeprefix('torch.')} on {pipe.device}")
+                console.err.print(f"computing in {pipe.precision} on {pipe.device}")
             s = pipe.settings
             skip = s.frame_skip
             keyframes = None if frames is None else max(1, math.ceil((frames - 1) / skip) + 1)
@@ -228,7 +228,7 @@ def register(app: typer.Typer) -> None:
                         "frames": int(clip.shape[0]), "size": list(clip.shape[1:3]), "steps": step_table or s.steps,
                         "guidance": guide_table or s.guidance,
                         "sampler": {st: pipe.stage_sampler(sampler, st) for st in s.steps}, "device": str(pipe.device),
-                        "precision": str(pipe.compute_dtype).removeprefix("torch."),
+                        "precision": pipe.precision,
                         "candidates": candidates or s.keyframe_candidates,
                         "matcher_guidance": s.matcher_guidance if matcher_guidance is None else matcher_guidance,
                         "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}

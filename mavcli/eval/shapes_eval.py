@@ -115,11 +115,11 @@ def write_report(report: EvalReport, path: Path) -> Path:
     return path
 
 
-def write_seed_sets(reports: list[tuple[int, EvalReport]], path: Path) -> Path:
-    """One JSON report for several seed sets: each set's summary, breakdown and videos."""
+def write_seed_sets(reports: list[tuple[int, EvalReport]], breakdowns: list[dict], path: Path) -> Path:
+    """One JSON report for several seed sets: each set's summary, `breakdown` and videos."""
     tmp = path.with_name(f".{path.name}.partial")
-    sets = [{"first_seed": seed, "prompts": r.prompts, "summary": r.summary, "breakdown": breakdown(r.rows),
-             "seconds_per_video": r.seconds_per_video, "videos": r.rows} for seed, r in reports]
+    sets = [{"first_seed": seed, "prompts": r.prompts, "summary": r.summary, "breakdown": b,
+             "seconds_per_video": r.seconds_per_video, "videos": r.rows} for (seed, r), b in zip(reports, breakdowns)]
     tmp.write_text(json.dumps({"pack": reports[0][1].pack, "seed_sets": sets}, indent=2, default=_plain))
     os.replace(tmp, path)
     return path

@@ -103,6 +103,11 @@ class PackEntry:
         return self.revision is not None and bool(_COMMIT.fullmatch(self.revision))
 
     @property
+    def revision_label(self) -> str:
+        """The revision as messages show it: a commit's first 12 digits, a ref in full."""
+        return "" if self.revision is None else (self.revision[:12] if self.pinned else self.revision)
+
+    @property
     def downloadable(self) -> bool:
         """True when the pack can be fetched from the Hub (it names a repo and its files)."""
         return self.repo is not None

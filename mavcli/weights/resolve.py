@@ -218,7 +218,7 @@ def list_packs(manifest: Manifest | None = None, *, cache_dir: str | Path | None
                 kind, location = "cached", str(state.root)
             else:
                 assert entry.revision is not None
-                at = entry.revision[:12] if entry.pinned else f"{entry.revision} (unpinned)"
+                at = entry.revision_label + ("" if entry.pinned else " (unpinned)")
                 kind, location = "downloadable", f"{entry.repo}@{at}"
         else:
             kind, location = "missing", f"mavcli/packs/{entry.bundled} (not installed)"
