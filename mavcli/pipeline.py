@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mavcli.diffusion import CosineSchedule, guided, sample
+from mavcli.diffusion import SPACING, CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
 from mavcli.models import SAMPLED_STAGES, STOP_AFTER_STAGES
 from mavcli.models.blocks import blend_known_frames, interp_conditioning, resize_frames
 from mavcli.models.text import with_word_tokens
 from mavcli.models.tiling import tiled
 from mavcli.segments import stream_segments
-from mavcli.weights.pack import Pack, load_pack
+from mavcli.weights.pack import Pack, load_pack, select_times_ok
 
 ProgressCallback = Callable[[str, int, int], None]
 STAGE_SEED_OFFSET = {name: i + 1 for i, name in enumerate(SAMPLED_STAGES)}
@@ -207,7 +207,7 @@ class MakeAVideoPipeline:
     @torch.no_grad()
     def keyframes(self, image_emb, tokens, mask, *, seed: int, num_frames=None, fps=None, steps=None,
                   guidance=None, sampler=None, candidates: int | None = None, matcher_guidance: float | None = None,
-                  callback: ProgressCallback | None = None) -> torch.Tensor:
+                  select_times: Sequence[float] | None = None, callback: ProgressCallback | None = None) -> torch.Tensor:
         """D^t: image embedding `(b, e)` (+ D^t's text context `(b, m, d)`, fps) -> keyframes
         `(b, 3, k, s, s)`.
 
@@ -215,7 +215,12 @@ class MakeAVideoPipeline:
         per prompt in one batch and keeps the one the matcher scores highest against the
         prompt (candidate 0 is the clip `candidates=1` makes); `matcher_guidance` > 0 also
         steers every step along the gradient of the matcher's score (classifier guidance).
-        Defaults: the pack's `keyframe_candidates` and `matcher_guidance`."""
+        `select_times` (decreasing diffusion times) ranks the candidates earlier, on the noisy
+        clips (the matcher is trained on noised clips): at each time the worse half of each
+        prompt's candidates stops, at the last one all but the best (successive halving). A
+        kept clip is the one the full run would have made of it, at a fraction of the cost;
+        empty: rank the finished clips. Defaults: the pack's `keyframe_candidates`,
+        `matcher_guidance` and `keyframe_select_times`."""
         net = self.pack["keyframes"]
         k = num_frames or self.settings.keyframes
         size = self.settings.keyframe_size
@@ -223,10 +228,12 @@ class MakeAVideoPipeline:
         steps, guidance = self._option(steps, "keyframes", "steps"), self._option(guidance, "keyframes", "guidance")
         n = self.settings.keyframe_candidates if candidates is None else int(candidates)
         g_match = self.settings.matcher_guidance if matcher_guidance is None else float(matcher_guidance)
+        times = self.settings.keyframe_select_times if select_times is None else tuple(float(t) for t in select_times)
         if n < 1:
             raise UserInputError(f"candidates must be >= 1, got {n}")
         if g_match < 0:
             raise UserInputError(f"matcher guidance must be >= 0, got {g_match}")
+        check_select_times(times)
         matcher = None
         if n > 1 or g_match > 0:
             if "matcher" not in self.pack.networks:
@@ -244,18 +251,36 @@ class MakeAVideoPipeline:
         if net.config.fps_cond:
             cond["fps"] = torch.full((x.shape[0],), float(fps), device=self.device)
         schedule = self._schedule(size)
-        model = guided(net, guidance, **cond)
-        if g_match > 0:
-            model = _matcher_steered(model, matcher, g_match, schedule, tokens, mask)
+        name = self.stage_sampler(sampler, "keyframes")
+        ts = schedule.timesteps(steps, SPACING.get(name, "time")).tolist()
+        # the step at which each ranking happens: the first of the run's times at or below it
+        cuts = sorted({sum(t > when + 1e-6 for t in ts) for when in times} - {0, steps}) if n > 1 else []
+        report = _stage_cb(callback, "keyframes")
+
+        def run(x, rows, start: int, end: int):
+            """Sample the batch rows `rows` (of the candidate-major batch) from step start to end."""
+            model = guided(net, guidance, **{key: v[rows] for key, v in cond.items()})
+            if g_match > 0:
+                model = _matcher_steered(model, matcher, g_match, schedule, tokens[rows], mask[rows])
+            extra = {"t_start": ts[start], "t_end": ts[end]}
+            if name == "ddpm" and len(rows) < n * b:
+                # the fresh noise of the full batch, so a kept clip meets the noise it would have met
+                extra["noise_fn"] = lambda like: torch.randn((n * b, *like.shape[1:]), generator=gen)[rows.cpu()].to(like)
+            cb = None if report is None else (lambda i, _total: report(start + i, steps))
+            return sample(model, x, end - start, schedule=schedule, sampler=name, generator=gen, callback=cb, **extra)
+
+        rows = torch.arange(n * b, device=self.device)  # (m b): the m candidates of each prompt still sampled
+        done = 0
         with self._autocast():
-            video = sample(model, x, steps, schedule=schedule, sampler=self.stage_sampler(sampler, "keyframes"),
-                           generator=gen, callback=_stage_cb(callback, "keyframes")).float()
-        if n == 1:
-            return video
-        score = matcher.score(video, torch.zeros(n * b, device=self.device), tokens, mask)
-        best = rearrange(score.float(), "(n b) -> b n", n=n).argmax(dim=1)
-        video = rearrange(video, "(n b) c f h w -> b n c f h w", n=n)
-        return video[torch.arange(b, device=self.device), best]
+            for i, cut in enumerate(cuts):
+                x = run(x, rows, done, cut)
+                keep = 1 if i == len(cuts) - 1 else (len(rows) // b + 1) // 2
+                x, rows = _best_rows(matcher, x, rows, b, keep, ts[cut], tokens, mask)
+                done = cut
+            video = run(x, rows, done, steps).float()
+        if len(rows) > b:
+            video, rows = _best_rows(matcher, video, rows, b, 1, 0.0, tokens, mask)
+        return video
 
     @torch.no_grad()
     def fill_frames(self, video: torch.Tensor, known: torch.Tensor, *, frame_skip: float, fps: float, seed: int,
@@ -488,11 +513,12 @@ class MakeAVideoPipeline:
                  fps: float | None = None, frame_skip: int | None = None, steps: dict | int | None = None,
                  guidance: dict | float | None = None, sampler: dict | str | None = None,
                  callback: ProgressCallback | None = None, stop_after: str | None = None,
-                 candidates: int | None = None, matcher_guidance: float | None = None) -> VideoOutput:
+                 candidates: int | None = None, matcher_guidance: float | None = None,
+                 select_times: Sequence[float] | None = None) -> VideoOutput:
         """Prompt -> video through every stage. `steps` / `guidance` / `sampler`: one value for
         every stage or a dict per stage (prior, keyframes, interpolation, sr_video, sr_image).
         `stop_after` ends the cascade early at a stage (keyframes, interpolation, sr_video).
-        `candidates` / `matcher_guidance`: see `keyframes` (default: the pack's)."""
+        `candidates` / `matcher_guidance` / `select_times`: see `keyframes` (default: the pack's)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserInputError("the prompt is empty; describe the video, e.g. 'a red circle moving left on a black background'")
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -521,7 +547,7 @@ class MakeAVideoPipeline:
         emb = timed("prior", self.prior, tokens, mask, pooled, seed=seed, **opts)
         dec_tokens, dec_mask = self.decoder_context([prompt], tokens, mask)
         video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps,
-                      candidates=candidates, matcher_guidance=matcher_guidance, **opts)
+                      candidates=candidates, matcher_guidance=matcher_guidance, select_times=select_times, **opts)
         out_fps = fps
         if "interpolation" in runs:
             fi = self.pack["interpolation"]
@@ -538,6 +564,23 @@ class MakeAVideoPipeline:
         if "sr_image" in runs:
             video = timed("sr_image", self.super_resolve_frames, video, seed=seed, **opts)
         return VideoOutput(tensor_to_frames(video), out_fps, seed, prompt, unknown[0], timings)
+
+
+def check_select_times(times: Sequence[float]) -> None:
+    """`select_times` / `keyframe_select_times`: decreasing diffusion times in (0, 1)."""
+    if not select_times_ok(times):
+        raise UserInputError(f"selection times must be decreasing diffusion times in (0, 1), got {list(times)}")
+
+
+def _best_rows(matcher, x: torch.Tensor, rows: torch.Tensor, b: int, keep: int, t: float, context, context_mask):
+    """Successive halving's ranking: x `(m b, ...)` holds m candidates of each of b prompts
+    (candidate-major; `rows` their places in the full batch); keep each prompt's `keep` best by
+    the matcher's score at time t, still candidate-major. -> (x, rows) of `keep * b` clips."""
+    m = len(rows) // b
+    score = matcher.score(x.float(), torch.full((m * b,), t, device=x.device), context[rows], context_mask[rows])
+    best = rearrange(score.float(), "(m b) -> b m", m=m).topk(keep, dim=1).indices.sort(dim=1).values
+    picked = rearrange(best * b + torch.arange(b, device=x.device)[:, None], "b keep -> (keep b)")
+    return x[picked], rows[picked]
 
 
 def _matcher_steered(model, matcher, scale: float, schedule: CosineSchedule, context, context_mask):

@@ -57,6 +57,22 @@ def test_generate_mp4_and_gif(tiny_pack_dir, tmp_path):
     assert np.array_equal(read_video(tmp_path / "frames").frames, expected)
 
 
+def test_generate_select_at_reaches_the_pipeline_and_the_sidecar(tiny_pack_dir, tmp_path):
+    from mavcli import MakeAVideoPipeline
+
+    pipe = MakeAVideoPipeline.from_pretrained(tiny_pack_dir)
+    frames = {}
+    for args, times in ((["0"], ()), (["0.9", "--select-at", "0.6"], (0.9, 0.6))):
+        out = tmp_path / f"sel{len(times)}"
+        r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "3", "--candidates", "4",
+                "--select-at", *args, "--format", "png", "--out", str(out), "-q")
+        assert r.exit_code == 0, r.output
+        frames[times] = read_video(out).frames
+        assert np.array_equal(frames[times], pipe(PROMPT, seed=3, candidates=4, select_times=times).frames)
+        assert json.loads((tmp_path / f"sel{len(times)}.json").read_text())["select_times"] == list(times)
+    assert not np.array_equal(*frames.values())  # ranked on other clips, another pick here
+
+
 def test_generate_precision_is_chosen_recorded_and_checked(tiny_pack_dir, tmp_path):
     r = run("generate", PROMPT, "--pack", str(tiny_pack_dir), "--seed", "7", "--precision", "float32",
             "--format", "png", "--out", str(tmp_path / "f32"))
@@ -115,6 +131,8 @@ def test_generate_several_prompts_and_videos(tiny_pack_dir, tmp_path):
     ([PROMPT, "--stage-steps", "keyframes=0"], "--stage-steps keyframes=0"),
     ([PROMPT, "--out", "x.xyz"], "does not write .xyz files"),
     ([PROMPT, "--out", "x.gif"], "--format gif"),  # a format it does write: the flag that gets it
+    ([PROMPT, "--select-at", "1"], "--select-at takes decreasing diffusion times"),
+    ([PROMPT, "--select-at", "0.3", "--select-at", "0.6"], "--select-at takes decreasing diffusion times"),
 ])
 def test_generate_bad_input(tiny_pack_dir, tmp_path, args, message):
     extra = [] if "--pack" in args else ["--pack", str(tiny_pack_dir)]
@@ -233,6 +251,43 @@ def test_installed_executable_generates(tiny_pack_dir, tmp_path):
     assert read_video(out).frames.shape[0] > 1
     proc = subprocess.run([exe, "generate", "", "--pack", str(tiny_pack_dir)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _Ended(Exception):
+    pass
+
+
+@pytest.mark.parametrize("outcome,code,stderr", [
+    (None, 0, ""),
+    (SystemExit(0), 0, ""),
+    (SystemExit(None), 0, ""),
+    (SystemExit(2), 2, ""),
+    (SystemExit("gone wrong"), 1, "gone wrong"),
+    ("user-error", 2, "--frames must be >= 1"),
+])
+def test_main_ends_the_process_with_the_commands_exit_code(monkeypatch, capsys, outcome, code, stderr):
+    """`mav` ends with os._exit (no interpreter teardown) after flushing: the exit code must be
+    the command's, and what a command wrote or failed with must reach the terminal."""
+    import mavcli.cli.app as cli_app
+    from mavcli.errors import UserInputError
+
+    def fake_app(**_):
+        print("result")
+        if outcome == "user-error":
+            raise UserInputError("--frames must be >= 1")
+        if outcome is not None:
+            raise outcome
+
+    def fake_exit(n):
+        raise _Ended(n)
+
+    monkeypatch.setattr(cli_app, "app", fake_app)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(_Ended) as ended:
+        cli_app.main()
+    assert ended.value.args == (code,)
+    out, err = capsys.readouterr()
+    assert out == "result\n" and stderr in err and (stderr or err == "")
 
 
 def test_eval_shapes_candidates_rank_by_the_matcher_and_bad_values_are_refused(tiny_pack_dir, tmp_path):

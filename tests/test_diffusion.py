@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mavcli.diffusion import CosineSchedule, diffusion_loss, guided, sample
+from mavcli.diffusion import SPACING, CosineSchedule, diffusion_loss, guided, sample
 from mavcli.diffusion.objective import broadcast
 
 SCHED = CosineSchedule()
@@ -109,3 +109,37 @@ def test_sampling_from_a_partly_noised_start(sampler):
     for bad in (0.0, -0.1, 1.5):  # nothing to sample from t = 0; times beyond 1 do not exist
         with pytest.raises(ValueError, match="t_start"):
             sample(model, x, 6, schedule=SCHED, sampler=sampler, t_start=bad)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_a_run_cut_at_t_end_and_resumed_there_is_the_whole_run(sampler):
+    """What the keyframe stage's early ranking relies on: stopping at one of the run's own
+    times (`t_end`) and going on from there (`t_start`) meets the same times and noise."""
+    torch.manual_seed(0)
+    weight = torch.randn(2, 2)
+
+    def model(x, t, **_):  # any smooth function of (x, t) will do
+        return torch.tanh(x @ weight) * (1 + t[:, None])
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    whole = sample(model, x, 12, schedule=SCHED, sampler=sampler, generator=torch.Generator().manual_seed(1))
+    ts = SCHED.timesteps(12, SPACING[sampler])
+    gen = torch.Generator().manual_seed(1)
+    mid = sample(model, x, 4, schedule=SCHED, sampler=sampler, generator=gen, t_end=float(ts[4]))
+    assert not torch.allclose(mid, whole, atol=0.05)  # x at t = 2/3 is still noisy
+    rest = sample(model, mid, 8, schedule=SCHED, sampler=sampler, generator=gen, t_start=float(ts[4]))
+    torch.testing.assert_close(rest, whole, atol=1e-5, rtol=0)
+    for bad in (-0.1, float(ts[0])):
+        with pytest.raises(ValueError, match="t_end"):
+            sample(model, x, 4, schedule=SCHED, sampler=sampler, t_end=bad)
+
+
+def test_dpmpp_cut_and_resumed_stays_close_to_the_whole_run():
+    """DPM-Solver++ restarts its two-step history when resumed: close to, not equal to, one run."""
+    target = torch.tensor([[0.2, -0.4]])
+    oracle = point_oracle(target)
+    x = torch.randn(1, 2, generator=torch.Generator().manual_seed(0))
+    ts = SCHED.timesteps(10, SPACING["dpmpp"])
+    mid = sample(oracle, x, 3, schedule=SCHED, sampler="dpmpp", t_end=float(ts[3]))
+    out = sample(oracle, mid, 7, schedule=SCHED, sampler="dpmpp", t_start=float(ts[3]))
+    torch.testing.assert_close(out, target, atol=1e-3, rtol=0)

@@ -158,3 +158,34 @@ def test_a_pack_without_a_matcher_refuses_candidates_with_a_clear_error(tiny_pac
         MakeAVideoPipeline(tiny_pack).keyframes(emb, ctx, cmask, seed=0, candidates=0)
     with pytest.raises(ValueError, match="keyframe_candidates"):
         dataclasses.replace(tiny_pack.settings, keyframe_candidates=0)
+
+
+def test_ranking_early_keeps_the_clips_the_full_run_makes_of_those_candidates(pipe, monkeypatch):
+    """select_times: successive halving on the noisy clips. At the first time the worse half of
+    the candidates stops, at the last all but the best; the clip kept ends as that candidate
+    ends in the run that keeps all of them (same noise)."""
+    emb, ctx, cmask = _inputs(pipe)
+    steps = 8
+    ts = pipe._schedule(pipe.settings.keyframe_size).timesteps(steps, "time").tolist()
+    full_seen = _record_scores(pipe, monkeypatch)
+    kw = dict(candidates=4, steps=steps, sampler="ddpm")
+    pipe.keyframes(emb, ctx, cmask, seed=3, select_times=(), **kw)
+    all_four = full_seen[-1][0]  # the finished clips of every candidate
+    monkeypatch.undo()
+    seen = _record_scores(pipe, monkeypatch)
+    early = pipe.keyframes(emb, ctx, cmask, seed=3, select_times=(ts[2], ts[5]), **kw)
+    (first, t1, _, s1), (second, t2, _, s2) = seen  # two rankings: after 2 steps, after 5
+    assert first.shape[0] == 4 and torch.allclose(t1, torch.full((4,), ts[2]))
+    assert second.shape[0] == 2 and torch.allclose(t2, torch.full((2,), ts[5]))
+    halved = sorted(s1.topk(2).indices.tolist())  # the better half, in candidate order
+    best = halved[int(s2.argmax())]
+    torch.testing.assert_close(early[0], all_four[best], atol=1e-4, rtol=0)
+    # with steering on, a candidate's gradient is taken only while it is still sampled
+    seen.clear()
+    pipe.keyframes(emb, ctx, cmask, seed=3, matcher_guidance=1.0, select_times=(ts[2], ts[5]), **kw)
+    assert [v.shape[0] for v, *_ in seen] == [4, 4, 4] + [2, 2, 2, 2] + [1] * (steps - 5)
+    for bad in ((1.0,), (0.0,), (0.3, 0.6)):
+        with pytest.raises(UserInputError, match="selection times"):
+            pipe.keyframes(emb, ctx, cmask, seed=3, candidates=4, select_times=bad)
+    with pytest.raises(ValueError, match="keyframe_select_times"):
+        dataclasses.replace(pipe.settings, keyframe_select_times=(0.5, 0.8))

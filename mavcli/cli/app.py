@@ -58,9 +58,33 @@ _register()
 
 
 def main() -> None:
-    """Entry point of the `mav` executable: user errors become a message and exit code."""
+    """Entry point of the `mav` executable: user errors become a message and exit code.
+
+    The process then ends without the interpreter's teardown of every module: with torch
+    loaded that takes about 0.5 s (measured: 0.49 s from the last line of a script that only
+    imports torch to its exit), after every output is written, closed and renamed."""
     try:
         app(standalone_mode=True)
+        code = 0
     except MavError as err:  # raised outside a command's own handler
         console.error(str(err))
-        sys.exit(err.exit_code)
+        code = err.exit_code
+    except SystemExit as done:
+        if isinstance(done.code, str):  # sys.exit("message"): print it, as Python would
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
+    """Flush what the process wrote, then end it at once (os._exit)."""
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe has nothing left to flush to
+            pass
+    os._exit(code)

@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         stop_after: Optional[str] = typer.Option(None, "--stop-after", help="Judge an early stage's frames instead: keyframes, interpolation or sr_video (tells which stage loses a fact)."),
         candidates: Optional[int] = typer.Option(None, "--candidates", help="Keyframe clips sampled per video, the best kept by the pack's matcher (default: the pack's)."),
         matcher_guidance: Optional[float] = typer.Option(None, "--matcher-guidance", help="Steer keyframe sampling by the matcher's gradient (default: the pack's; 0 is off)."),
+        select_at: list[float] = typer.Option([], "--select-at", help="Rank the keyframe candidates on the noisy clips at this diffusion time, keeping the better half (the best at the last time given); repeat for several; 0: rank the finished clips (default: the pack's)."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
             check_choices("--background", backgrounds, BACKGROUNDS)
             if stop_after is not None and stop_after not in STOP_AFTER_STAGES:
                 raise UserInputError(f"--stop-after {stop_after!r}: choose one of {', '.join(STOP_AFTER_STAGES)}")
-            check_matcher_options(candidates, matcher_guidance)
+            select_times = check_matcher_options(candidates, matcher_guidance, select_at)
             if prompts_file is not None:
                 try:
                     prompts = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
@@ -94,7 +95,8 @@ def register(app: typer.Typer) -> None:
 
                     reports.append((first, run_shapes_eval(
                         pipe, prompts, seed=first, steps=steps, on_video=on_video, save_dir=save_videos,
-                        stop_after=stop_after, candidates=candidates, matcher_guidance=matcher_guidance)))
+                        stop_after=stop_after, candidates=candidates, matcher_guidance=matcher_guidance,
+                        select_times=select_times)))
             stage = f", after {stop_after}" if stop_after else ""
             per_video = sum(r.seconds_per_video for _, r in reports) / len(reports)
             table = Table(title=f"mav eval shapes: {len(prompts)} prompts{stage}, {per_video:.1f} s per video")

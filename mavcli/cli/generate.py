@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         stage_guidance: list[str] = typer.Option([], "--stage-guidance", help="Per-stage guidance, e.g. --stage-guidance prior=2."),
         candidates: Optional[int] = typer.Option(None, "--candidates", help="Keyframe clips sampled per video; the pack's matcher keeps the one that fits the prompt best (default: the pack's)."),
         matcher_guidance: Optional[float] = typer.Option(None, "--matcher-guidance", help="Steer keyframe sampling along the matcher's gradient by this scale (default: the pack's; 0 is off)."),
+        select_at: list[float] = typer.Option([], "--select-at", help="Rank the keyframe candidates on the noisy clips at this diffusion time, keeping the better half (the best at the last time given); repeat for several; 0: rank the finished clips (default: the pack's)."),
         frames: Optional[int] = typer.Option(None, help="Frames in the video (default: the pack's, e.g. 29)."),
         fps: Optional[float] = typer.Option(None, help="Frames per second of the video (default: the pack's)."),
         sampler: Optional[str] = typer.Option(None, help="dpmpp, ddim or ddpm for every stage (default: the pack's, per stage)."),
@@ -135,7 +136,7 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
-            check_matcher_options(candidates, matcher_guidance)
+            select_times = check_matcher_options(candidates, matcher_guidance, select_at)
             if frames is not None and frames < 1:
                 raise UserInputError("--frames must be >= 1")
             if fps is not None and not fps > 0:
@@ -162,7 +163,7 @@ def register(app: typer.Typer) -> None:
             latent_opts = {"--negative-prompt": negative_prompt or None, "--height": height, "--width": width,
                            "--upscale": upscale, "--upscale-size": upscale_size, "--upscale-strength": upscale_strength,
                            "--interp-factor": None if interp_factor == 2 else interp_factor}
-            shapes_opts = {"--candidates": candidates, "--matcher-guidance": matcher_guidance, "--fps": fps,
+            shapes_opts = {"--candidates": candidates, "--matcher-guidance": matcher_guidance, "--select-at": select_at or None, "--fps": fps,
                            "--sampler": None if sampler in (None, "ddim") else sampler}
             wrong = [k for k, v in (shapes_opts if latent is not None else latent_opts).items() if v is not None]
             if wrong:
@@ -220,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 with CascadeProgress(label, disable=quiet) as progress:
                     video = pipe(text, seed=sd, num_keyframes=keyframes, fps=key_fps, steps=step_table or None,
                                  guidance=guide_table or None, sampler=sampler, callback=progress.callback,
-                                 candidates=candidates, matcher_guidance=matcher_guidance)
+                                 candidates=candidates, matcher_guidance=matcher_guidance, select_times=select_times)
                 if video.unknown_words:
                     console.warn(f"words this pack does not know (read as unknown): {', '.join(video.unknown_words)}")
                 clip = video.frames if frames is None else video.frames[:frames]
@@ -231,6 +232,7 @@ def register(app: typer.Typer) -> None:
                         "precision": pipe.precision,
                         "candidates": candidates or s.keyframe_candidates,
                         "matcher_guidance": s.matcher_guidance if matcher_guidance is None else matcher_guidance,
+                        "select_times": list(s.keyframe_select_times if select_times is None else select_times),
                         "mavcli": _version(), "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}
                 written = write_video(path, clip, video.fps, format=fmt, metadata=meta, overwrite=overwrite)
                 if verbose:

@@ -6,14 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def check_matcher_options(candidates: int | None, matcher_guidance: float | None) -> None:
-    """Clear errors for --candidates / --matcher-guidance before any pack is loaded."""
+def check_matcher_options(candidates: int | None, matcher_guidance: float | None,
+                          select_at: list[float] | None = None) -> tuple[float, ...] | None:
+    """Clear errors for --candidates / --matcher-guidance / --select-at before any pack is
+    loaded; returns the selection times --select-at asks for (None: the pack's; `--select-at 0`:
+    none, rank the finished clips)."""
     from mavcli.errors import UserInputError
 
     if candidates is not None and candidates < 1:
         raise UserInputError("--candidates must be >= 1 (1: no ranking)")
     if matcher_guidance is not None and matcher_guidance < 0:
         raise UserInputError("--matcher-guidance must be >= 0 (0: off)")
+    if not select_at:
+        return None
+    if list(select_at) == [0.0]:
+        return ()
+    from mavcli.weights.pack import select_times_ok
+
+    if not select_times_ok(select_at):
+        raise UserInputError(f"--select-at takes decreasing diffusion times in (0, 1), e.g. --select-at 0.85 "
+                             f"--select-at 0.5, or 0 alone to rank the finished clips; got {' '.join(map(str, select_at))}")
+    return tuple(select_at)
 
 
 def set_threads(threads: int | None) -> str:

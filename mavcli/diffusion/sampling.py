@@ -17,6 +17,9 @@ from mavcli.diffusion.schedule import CosineSchedule
 Model = Callable[..., torch.Tensor]
 Callback = Callable[[int, int], None]
 
+#: how each sampler spaces its steps (`CosineSchedule.timesteps`)
+SPACING = {"ddim": "time", "ddpm": "time", "dpmpp": "logsnr"}
+
 
 def guided(model: Model, guidance: float, **cond) -> Model:
     """Classifier-free guidance (Ho & Salimans 2022): v = v_u + g (v_c - v_u).
@@ -59,12 +62,12 @@ def _predict(model: Model, x: torch.Tensor, t: float, schedule: CosineSchedule,
 
 def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                 generator: torch.Generator | None = None, callback: Callback | None = None, clip: bool = True,
-                t_start: float = 1.0) -> torch.Tensor:
-    """Deterministic DDIM (Song et al. 2021, eta = 0) from t_start to 0 in `steps` uniform steps."""
-    ts = schedule.timesteps(steps, "time", t_start).tolist()
+                t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021, eta = 0) from t_start to t_end in `steps` uniform steps."""
+    ts = schedule.timesteps(steps, SPACING["ddim"], t_start, t_end).tolist()
     for i in range(steps):
         x0, eps = _predict(model, x, ts[i], schedule, clip)
-        if i == steps - 1:  # t = 0: the clean estimate itself
+        if i == steps - 1 and t_end == 0.0:  # t = 0: the clean estimate itself
             x = x0
         else:
             a_next, s_next = schedule.alpha_sigma(torch.tensor([ts[i + 1]]))
@@ -77,10 +80,10 @@ def sample_ddim(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, clip: bool = True,
-                t_start: float = 1.0) -> torch.Tensor:
+                t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020) of the posterior q(x_s | x_t, x0) on `steps` steps.
     `noise_fn(like)` draws the fresh noise (default: iid from `generator`)."""
-    ts = schedule.timesteps(steps, "time", t_start).tolist()
+    ts = schedule.timesteps(steps, SPACING["ddpm"], t_start, t_end).tolist()
     draw = noise_fn or (lambda like: torch.randn(like.shape, generator=generator).to(like.device, like.dtype))
     for i in range(steps):
         x0, _ = _predict(model, x, ts[i], schedule, clip)
@@ -91,7 +94,7 @@ def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
         var_ts = s_t**2 - a_ts**2 * s_s**2
         mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
         std = (var_ts * s_s**2 / s_t**2) ** 0.5
-        x = mean + std * draw(x) if i < steps - 1 else x0  # t = 0: the clean estimate itself
+        x = x0 if i == steps - 1 and t_end == 0.0 else mean + std * draw(x)  # t = 0: the clean estimate
         if callback:
             callback(i + 1, steps)
     return x
@@ -99,11 +102,12 @@ def sample_ddpm(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSc
 
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule,
                     generator: torch.Generator | None = None, callback: Callback | None = None,
-                    clip: bool = True, t_start: float = 1.0) -> torch.Tensor:
+                    clip: bool = True, t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
     """DPM-Solver++(2M), a second-order multistep solver in data prediction (Lu et al. 2022,
     algorithm 2), with steps uniform in log-SNR (far more accurate than uniform-in-t at 10-20
-    steps: the oracle tests in tests/test_diffusion.py measure it)."""
-    ts = schedule.timesteps(steps, "logsnr", t_start)
+    steps: the oracle tests in tests/test_diffusion.py measure it). A run resumed at its
+    `t_end` starts its multistep history afresh (one first-order step)."""
+    ts = schedule.timesteps(steps, SPACING["dpmpp"], t_start, t_end)
     lam = schedule.logsnr(ts) / 2  # log(alpha / sigma)
     alphas, sigmas = schedule.alpha_sigma(ts)
     prev_x0 = None
@@ -115,7 +119,7 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, steps: int, *, schedule: Cosi
         else:
             r = (lam[i] - lam[i - 1]).item() / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
-        if i == steps - 1:  # t = 0: the (extrapolated) clean estimate itself
+        if i == steps - 1 and t_end == 0.0:  # t = 0: the (extrapolated) clean estimate itself
             x = d
         else:
             x = (sigmas[i + 1] / sigmas[i]).item() * x - alphas[i + 1].item() * torch.expm1(torch.tensor(-h)).item() * d
@@ -131,12 +135,15 @@ SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "dpmpp": sample_dpmpp_2m}
 def sample(model: Model, x: torch.Tensor, steps: int, *, schedule: CosineSchedule, sampler: str = "dpmpp",
            generator: torch.Generator | None = None, callback: Callback | None = None, **kwargs) -> torch.Tensor:
     """Run the named sampler; `x` is the initial noise `(b, ...)` (or, with `t_start < 1`, a
-    partly noised estimate x_t at t_start, as in SDEdit), returns x0 estimates."""
+    partly noised estimate x_t at t_start, as in SDEdit). Returns x0 estimates, or with
+    `t_end > 0` the samples x_t at t_end, from where another call (`t_start=t_end`) goes on."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     t_start = float(kwargs.get("t_start", 1.0))
     if not 0.0 < t_start <= 1.0:  # t_start 0 would leave nothing to sample (and divide by zero)
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    if not 0.0 <= float(kwargs.get("t_end", 0.0)) < t_start:
+        raise ValueError(f"t_end must be in [0, t_start), got {kwargs.get('t_end')}")
     try:
         fn = SAMPLERS[sampler]
     except KeyError:

@@ -40,14 +40,16 @@ class CosineSchedule:
         angle = torch.atan(torch.exp(-0.5 * (lam.double() - self.shift)))
         return ((angle - t_min) / (t_max - t_min)).clamp(0, 1).float()
 
-    def timesteps(self, steps: int, spacing: str = "time", t_start: float = 1.0) -> torch.Tensor:
-        """`steps + 1` times from `t_start` to 0, uniform in t ("time") or in log-SNR ("logsnr")."""
+    def timesteps(self, steps: int, spacing: str = "time", t_start: float = 1.0, t_end: float = 0.0) -> torch.Tensor:
+        """`steps + 1` times from `t_start` down to `t_end`, uniform in t ("time") or in log-SNR
+        ("logsnr"). A run cut at one of these times and resumed from there meets the same times."""
         if spacing == "time":
-            return torch.linspace(t_start, 0.0, steps + 1)
+            return torch.linspace(t_start, t_end, steps + 1)
         lam_start = self.logsnr(torch.tensor([t_start])).item()
-        lam = torch.linspace(lam_start, self.logsnr_max + self.shift, steps + 1)
+        lam_end = self.logsnr(torch.tensor([t_end])).item() if t_end > 0 else self.logsnr_max + self.shift
+        lam = torch.linspace(lam_start, lam_end, steps + 1)
         ts = self.t_from_logsnr(lam)
-        ts[0], ts[-1] = t_start, 0.0
+        ts[0], ts[-1] = t_start, t_end
         return ts
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

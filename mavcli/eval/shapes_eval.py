@@ -42,16 +42,17 @@ class EvalReport:
 def run_shapes_eval(pipe, prompts: list[str], *, seed: int = 0, steps=None,
                     on_video: Callable[[int, int, dict], None] | None = None,
                     save_dir: Path | None = None, stop_after: str | None = None,
-                    candidates: int | None = None, matcher_guidance: float | None = None) -> EvalReport:
+                    candidates: int | None = None, matcher_guidance: float | None = None,
+                    select_times: tuple[float, ...] | None = None) -> EvalReport:
     """Generate (seed, seed+1, ...) and evaluate every prompt; `on_video(i, n, row)` after each.
     `stop_after` ("keyframes", "interpolation", "sr_video") judges an early stage's output, to
-    tell which stage loses a fact. `candidates` / `matcher_guidance`: as in
+    tell which stage loses a fact. `candidates` / `matcher_guidance` / `select_times`: as in
     `MakeAVideoPipeline.keyframes` (default: the pack's)."""
     rows = []
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         video = pipe(prompt, seed=seed + i, steps=steps, stop_after=stop_after, candidates=candidates,
-                     matcher_guidance=matcher_guidance)
+                     matcher_guidance=matcher_guidance, select_times=select_times)
         result = evaluate_clip(video.frames, prompt)
         row = {"prompt": prompt, "seed": seed + i, **result, "seconds": round(sum(video.timings.values()), 2)}
         rows.append(row)

@@ -66,10 +66,15 @@ class PackSettings:
     # per prompt and keep the one that fits the prompt best; and steer by its gradient
     keyframe_candidates: int = 1
     matcher_guidance: float = 0.0
+    # rank the candidates on the noisy clips at these decreasing diffusion times, dropping the
+    # worse half at each and all but the best at the last (empty: rank the finished clips)
+    keyframe_select_times: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.keyframe_candidates < 1:
             raise ValueError(f"keyframe_candidates must be >= 1, got {self.keyframe_candidates}")
+        if not select_times_ok(self.keyframe_select_times):
+            raise ValueError(f"keyframe_select_times must be decreasing diffusion times in (0, 1), got {list(self.keyframe_select_times)}")
         if self.matcher_guidance < 0:
             raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
@@ -81,6 +86,11 @@ class PackSettings:
         for name in ("sr_video_start", "sr_image_start"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1] (1: the stage starts from pure noise), got {getattr(self, name)}")
+
+
+def select_times_ok(times) -> bool:
+    """Keyframe selection times are decreasing diffusion times in (0, 1)."""
+    return all(0.0 < t < 1.0 for t in times) and all(a > b for a, b in zip(times, times[1:]))
 
 
 @dataclass
