@@ -189,3 +189,26 @@ def test_ranking_early_keeps_the_clips_the_full_run_makes_of_those_candidates(pi
             pipe.keyframes(emb, ctx, cmask, seed=3, candidates=4, select_times=bad)
     with pytest.raises(ValueError, match="keyframe_select_times"):
         dataclasses.replace(pipe.settings, keyframe_select_times=(0.5, 0.8))
+
+
+def test_halving_ranks_each_prompt_of_a_batch_among_its_own_candidates(pipe, monkeypatch):
+    prompts = [PROMPT, "a blue square moving up on a white background"]
+    tokens, mask, pooled, _ = pipe.encode_prompt(prompts)
+    emb = pipe.prior(tokens, mask, pooled, seed=0)
+    ctx, cmask = pipe.decoder_context(prompts, tokens, mask)
+    steps = 6
+    ts = pipe._schedule(pipe.settings.keyframe_size).timesteps(steps, "time").tolist()
+    kw = dict(candidates=4, steps=steps, sampler="ddpm")
+    seen = _record_scores(pipe, monkeypatch)
+    pipe.keyframes(emb, ctx, cmask, seed=4, select_times=(), **kw)
+    every = seen[-1][0]  # (4 candidates x 2 prompts), candidate-major
+    seen.clear()
+    out = pipe.keyframes(emb, ctx, cmask, seed=4, select_times=(ts[1], ts[3]), **kw)
+    (_, _, c1, s1), (_, _, c2, s2) = seen
+    for i in range(2):
+        mine = [j * 2 + i for j in range(4)]
+        assert all(torch.equal(c1[r], ctx[i]) for r in mine)  # each judged against its own prompt
+        halved = sorted(j for j in range(4) if s1[j * 2 + i] >= s1[mine].sort().values[2])
+        assert torch.equal(c2[i], ctx[i]) and torch.equal(c2[2 + i], ctx[i])  # still candidate-major
+        best = halved[int(s2[[i, 2 + i]].argmax())]
+        torch.testing.assert_close(out[i], every[best * 2 + i], atol=1e-4, rtol=0)
