@@ -10,7 +10,7 @@ import torch
 from mavcli import MakeAVideoPipeline
 from mavcli.data.shapes import HELD_OUT, parse_caption, sample_spec
 from mavcli.errors import PackError, UserInputError
-from mavcli.models.matcher import MatcherConfig, VideoTextMatcher, matcher_loss
+from mavcli.models.matcher import MatcherConfig, VideoTextMatcher, matcher_loss, steady_size_loss
 from mavcli.weights.pack import Pack
 
 PROMPT = "a red circle moving left on a black background"
@@ -66,6 +66,17 @@ def test_matcher_loss_counts_hard_negatives_and_ignores_same_fact_clips():
     # (counted, the two rows would each split their probability in half: log 2 over 4 rows)
     assert matcher_loss(v2, t2, far, scale, same2) < 0.02
     assert matcher_loss(v2, t2, far, scale, same) > 0.3
+
+
+def test_steady_size_loss_prefers_the_clip_to_its_size_changing_twin():
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    right = steady_size_loss(v, -v, v, scale)  # captions match the steady clips
+    wrong = steady_size_loss(-v, v, v, scale)  # captions match the twins
+    tie = steady_size_loss(v, v, v, scale)
+    assert right < 1e-6 and wrong > 15.0
+    assert tie.item() == pytest.approx(np.log(2.0), abs=1e-6)
 
 
 def test_matcher_takes_any_frame_count_and_size_and_rejects_images():

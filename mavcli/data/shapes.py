@@ -317,7 +317,7 @@ def _coverage_1d(lo: np.ndarray, hi: np.ndarray, j0: np.ndarray, m: int) -> np.n
 
 def _alpha(
     shape: str,
-    size_px: float,
+    size_px: float | np.ndarray,
     cx: np.ndarray,
     cy: np.ndarray,
     ox: np.ndarray,
@@ -327,13 +327,18 @@ def _alpha(
     """Coverage of the object in each pixel of an m x m window per frame.
 
     cx, cy: (f,) bounding-box centres in pixel units; ox, oy: (f,) int window origins (the
-    window's first column / row) -> alpha (f, m, m) float32 in [0, 1].
+    window's first column / row); size_px: the object's size in pixels, one for all frames or
+    (f,) -> alpha (f, m, m) float32 in [0, 1].
     """
+    if np.ndim(size_px):  # one size per frame
+        size_px = np.asarray(size_px, dtype=np.float32)
     if shape == "square":
         h = size_px / 2.0
         ax = _coverage_1d(cx - h, cx + h, ox, m)  # (f, w)
         ay = _coverage_1d(cy - h, cy + h, oy, m)  # (f, h)
         return ay[:, :, None] * ax[:, None, :]
+    if np.ndim(size_px):
+        size_px = size_px[:, None, None]  # (f, 1, 1) against the window's pixels
 
     p = np.arange(m, dtype=np.float32) + 0.5  # pixel centres within the window
     px = p[None, None, :] + (ox - cx)[:, None, None]  # (f, 1, w): x relative to the centre
@@ -362,6 +367,7 @@ def render(
     size: int = 64,
     *,
     times: Sequence[float] | np.ndarray | None = None,
+    scales: Sequence[float] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Render a clip of ``spec``.
 
@@ -372,6 +378,9 @@ def render(
         size: frame side in pixels (frames are square).
         times: optional normalised times in [0, 1] to render instead (e.g. a window or a frame
             skip of a denser clip): frame ``i`` shows the object at ``spec.centre_at(times[i])``.
+        scales: optional per-frame multipliers of the object's size, one per frame. Not the
+            domain (its sizes are constant over a clip): clips that break that rule, for the
+            matcher to learn it (``size_drift``). An object scaled past the frame is cut off.
 
     Returns:
         uint8 array (f, size, size, 3), RGB.
@@ -391,10 +400,13 @@ def render(
         raise ValueError("times must lie in [0, 1] (the clip's first to last frame)")
     n = int(size)
     f = t.size
+    k = 1.0 if scales is None else np.asarray(scales, dtype=np.float32).reshape(-1)
+    if scales is not None and (k.size != f or not np.all(k > 0)):
+        raise ValueError(f"scales must be {f} positive multipliers, one per frame; got {k.size}")
     dx, dy = DIRECTIONS[spec.motion]
     cx = ((spec.start[0] + dx * spec.travel * t) * n).astype(np.float32)  # (f,)
     cy = ((spec.start[1] + dy * spec.travel * t) * n).astype(np.float32)
-    hx, hy = (v * n for v in spec.half_extents)
+    hx, hy = (v * n * float(np.max(k)) for v in spec.half_extents)
     # Coverage is computed only in a window around the object (a 1 px rim beyond its box):
     # the same size m for every frame, so it stays one vectorised computation.
     m = int(math.ceil(2 * max(hx, hy))) + 3
@@ -404,7 +416,7 @@ def render(
     else:
         m = n
         ox = oy = np.zeros(f, dtype=np.int64)
-    alpha = _alpha(spec.shape, spec.size * n, cx, cy, ox, oy, m)[..., None]  # (f, m, m, 1)
+    alpha = _alpha(spec.shape, spec.size * n * k, cx, cy, ox, oy, m)[..., None]  # (f, m, m, 1)
     bg = np.asarray(BACKGROUNDS[spec.background], dtype=np.float32)
     fg = np.asarray(COLOURS[spec.colour], dtype=np.float32)
     patch = np.rint(bg + alpha * (fg - bg)).astype(np.uint8)  # (f, m, m, 3)
@@ -413,6 +425,23 @@ def render(
     for i in range(f):
         out[i, oy[i] : oy[i] + m, ox[i] : ox[i] + m] = patch[i]
     return out
+
+
+def size_drift(frames: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Per-frame size multipliers `(frames,)` for `render(scales=...)` that break the domain's
+    steady size clearly: a steady growth or shrinking of the side by 20-45% over the clip, or a
+    side that jumps by up to +-15% from frame to frame, one frame by 20% more. Either moves the object's area by more
+    than the judge's stability threshold (relative std 0.10). The matcher learns from such
+    clips that a caption's object keeps its size (`loss_matcher`)."""
+    rng = _as_rng(rng)
+    x = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
+    if rng.random() < 0.5:  # drift: 1 -> 1 +- d, centred so the clip's mean size is kept
+        d = float(rng.uniform(0.20, 0.45)) * (1.0 if rng.random() < 0.5 else -1.0)
+        k = 1.0 + d * (x - 0.5)
+    else:  # jitter: every frame's side on its own
+        k = 1.0 + rng.uniform(-0.15, 0.15, size=frames)
+        k[rng.integers(frames)] += 0.20 * (1.0 if rng.random() < 0.5 else -1.0)  # at least one clear jump
+    return k.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

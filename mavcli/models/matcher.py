@@ -115,3 +115,14 @@ def matcher_loss(video_emb: torch.Tensor, text_emb: torch.Tensor, negative_emb: 
     logits = torch.cat([batch, hard], dim=1)
     target = torch.arange(len(batch), device=batch.device)
     return F.cross_entropy(logits, target)
+
+
+def steady_size_loss(video_emb: torch.Tensor, twin_emb: torch.Tensor, text_emb: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each caption over two clips: its own `video_emb` `(b, e)` and the same
+    clip with the object's size changing over the frames, `twin_emb` `(b, e)` (`text_emb`
+    `(b, e)`). The shapes world keeps sizes constant; captions never say so, so only such
+    pairs teach the matcher, and through its guidance and ranking the keyframe decoder's
+    sampling, that a clip whose object grows or shrinks fits no caption."""
+    logits = scale * torch.stack([(video_emb * text_emb).sum(-1), (twin_emb * text_emb).sum(-1)], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))

@@ -34,7 +34,7 @@ from mavcli.diffusion import CosineSchedule, diffusion_loss
 from mavcli.errors import UserInputError
 from mavcli.models.blocks import interp_conditioning
 from mavcli.models.flowinterp import FlowInterpNet
-from mavcli.models.matcher import VideoTextMatcher, matcher_loss
+from mavcli.models.matcher import VideoTextMatcher, matcher_loss, steady_size_loss
 from mavcli.models.prior import EMBED_SCALE, Prior
 from mavcli.models.text import ImageEncoder, TextEncoder, clip_loss
 from mavcli.models.unet import SpaceTimeUnet, inflate_unet
@@ -139,11 +139,15 @@ def loss_keyframes(task: Task, model: nn.Module, indices: list[int], step: int, 
     return diffusion_loss(model, video, task.schedule_for(task.settings.keyframe_size), t=t, noise=noise, drop=drop, fps=fps.to(device), **cond)
 
 
+# weight of the matcher's steady-size term against its caption term (shapes model card, v9)
+STEADY_SIZE_WEIGHT = 0.5
+
+
 def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:
     if task.videos is not None or task.images is not None:
         raise UserInputError("stage matcher learns from captioned video, which only the shapes world provides "
                              "here (a --videos folder has no captions); train it without --videos / --images")
-    from mavcli.data.shapes import ShapesVideoDataset, contrast_captions
+    from mavcli.data.shapes import ShapesVideoDataset, contrast_captions, render, size_drift
 
     s = task.settings
     ds = ShapesVideoDataset(2**62, frames=s.keyframes, size=s.keyframe_size, seed=task.seed, base_fps=s.fps,
@@ -151,6 +155,15 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     items = [ds[i] for i in indices]
     specs = [ds.spec(i) for i in indices]
     video = torch.stack([it["video"] for it in items]).to(device)
+    # each clip's twin whose object changes size (the domain's sizes never do): the keyframe
+    # decoder's commonest fault, which captions cannot contrast
+    twins = []
+    for i in indices:
+        spec, _, times, _ = ds.window(i)
+        scales = size_drift(len(times), np.random.default_rng([task.seed, i, 1300]))
+        clip = render(spec, None, s.keyframe_size, times=times, scales=scales)
+        twins.append(torch.from_numpy(rearrange(ShapesVideoDataset._to_unit(clip), "f h w c -> c f h w")))
+    twin = torch.stack(twins).to(device)
     negatives = [contrast_captions(sp, np.random.default_rng([task.seed, i, 1100])) for sp, i in zip(specs, indices)]
     k = len(negatives[0])
     captions = [it["caption"] for it in items] + [c for neg in negatives for c in neg]
@@ -161,12 +174,16 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     t, noise, _ = task.draws(indices, video.shape[1:], device)
     t = t ** 2
     alpha, sigma = task.schedule_for(task.settings.keyframe_size).alpha_sigma(t.cpu())
-    x_t = alpha.view(-1, 1, 1, 1, 1).to(device) * video + sigma.view(-1, 1, 1, 1, 1).to(device) * noise
-    video_emb, text_emb, scale = model(x_t, t, tokens, mask)
+    alpha, sigma = alpha.view(-1, 1, 1, 1, 1).to(device), sigma.view(-1, 1, 1, 1, 1).to(device)
+    # the twin gets the same noise at the same time: the size is all that tells them apart
+    x_t = torch.cat([alpha * video + sigma * noise, alpha * twin + sigma * noise])
+    video_emb, text_emb, scale = model(x_t, torch.cat([t, t]), tokens, mask)
     b = len(indices)
+    video_emb, twin_emb = video_emb[:b], video_emb[b:]
     facts = [tuple(sp.facts().values()) for sp in specs]
     same = torch.tensor([[a == c for c in facts] for a in facts], device=device)
-    return matcher_loss(video_emb, text_emb[:b], rearrange(text_emb[b:], "(b k) e -> b k e", k=k), scale, same)
+    loss = matcher_loss(video_emb, text_emb[:b], rearrange(text_emb[b:], "(b k) e -> b k e", k=k), scale, same)
+    return loss + STEADY_SIZE_WEIGHT * steady_size_loss(video_emb, twin_emb, text_emb[:b], scale)
 
 
 def loss_interpolation(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:
