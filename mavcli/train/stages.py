@@ -139,7 +139,8 @@ def loss_keyframes(task: Task, model: nn.Module, indices: list[int], step: int, 
     return diffusion_loss(model, video, task.schedule_for(task.settings.keyframe_size), t=t, noise=noise, drop=drop, fps=fps.to(device), **cond)
 
 
-# weight of the matcher's steady-size term against its caption term (shapes model card, v9)
+# weight of the matcher's steady-size term against its caption term (0.5 kept shape accuracy
+# better than 1 on validation prompts: docs/evaluation.md, "Toward v9")
 STEADY_SIZE_WEIGHT = 0.5
 
 
