@@ -153,21 +153,21 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     s = task.settings
     ds = ShapesVideoDataset(2**62, frames=s.keyframes, size=s.keyframe_size, seed=task.seed, base_fps=s.fps,
                             rate_factors=MATCHER_RATE_FACTORS)
-    items = [ds[i] for i in indices]
-    specs = [ds.spec(i) for i in indices]
-    video = torch.stack([it["video"] for it in items]).to(device)
+    windows = [ds.window(i) for i in indices]  # (spec, caption, times, fps): what ds[i] renders
+    specs = [w[0] for w in windows]
+
+    def clips(scales_of) -> torch.Tensor:
+        out = [render(spec, None, s.keyframe_size, times=times, scales=scales_of(i, times))
+               for i, (spec, _, times, _) in zip(indices, windows)]
+        return torch.from_numpy(rearrange(ShapesVideoDataset._to_unit(np.stack(out)), "b f h w c -> b c f h w")).to(device)
+
+    video = clips(lambda i, times: None)
     # each clip's twin whose object changes size (the domain's sizes never do): the keyframe
     # decoder's commonest fault, which captions cannot contrast
-    twins = []
-    for i in indices:
-        spec, _, times, _ = ds.window(i)
-        scales = size_drift(len(times), np.random.default_rng([task.seed, i, 1300]))
-        clip = render(spec, None, s.keyframe_size, times=times, scales=scales)
-        twins.append(torch.from_numpy(rearrange(ShapesVideoDataset._to_unit(clip), "f h w c -> c f h w")))
-    twin = torch.stack(twins).to(device)
+    twin = clips(lambda i, times: size_drift(len(times), np.random.default_rng([task.seed, i, 1300])))
     negatives = [contrast_captions(sp, np.random.default_rng([task.seed, i, 1100])) for sp, i in zip(specs, indices)]
     k = len(negatives[0])
-    captions = [it["caption"] for it in items] + [c for neg in negatives for c in neg]
+    captions = [w[1] for w in windows] + [c for neg in negatives for c in neg]
     tokens, mask = task.decoder_text(captions, device)
     # the matcher sees keyframes at every noise level the sampler passes through (for
     # guidance), weighted towards the clean end (t = u^2: a third below 0.1), where it ranks
