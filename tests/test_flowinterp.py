@@ -9,7 +9,7 @@ from mavcli.data.motion import LayeredMotion, procedural_photos
 from mavcli.errors import UserInputError
 from mavcli.flow import DisFlow, backward_warp, dis_blend, flows_at, flows_at_quadratic, linear_blend, to_tensor
 from mavcli.interpolator import FlowInterpolator
-from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet
+from mavcli.models.flowinterp import FlowInterpConfig, FlowInterpNet, _cat
 from mavcli.train.loop import TrainConfig, train
 
 
@@ -125,6 +125,31 @@ def test_residual_gate_scales_the_residual_per_pixel():
     assert torch.allclose(half - off, 0.5 * (full - off), atol=1e-5)  # ... and scaled by the gate
     blend = dis_blend(clip[0], clip[2], [0.5])[0].astype(int)
     assert np.abs((off[0].clamp(0, 1) * 255).round().permute(1, 2, 0).numpy().astype(int) - blend).max() <= 1
+
+
+def test_channels_last_inference_computes_what_the_plain_layout_does():
+    """FlowInterpolator runs the network with channels-last weights and builds its
+    full-resolution inputs in that layout; the frames must not change with the layout."""
+    import copy
+
+    torch.manual_seed(0)
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8, 8), head_width=4, residual_gate=True)).eval()
+    for head in (net.coarse, net.rgb):  # far from zero, so every branch shapes the output
+        torch.nn.init.normal_(head.weight, std=0.3)
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    clip = moving(29, 37, frames=4, dx=2)
+    f01, f10 = DisFlow().pair(clip[1], clip[2])
+    args = [to_tensor(clip[1]), to_tensor(clip[2]), f01, f10, torch.tensor([0.3]), *DisFlow().pair(clip[1], clip[0])[:1],
+            DisFlow().pair(clip[2], clip[3])[0]]
+    with torch.no_grad():
+        plain, cl = net(*args), fast(*args)
+    assert cl.shape == plain.shape == (1, 3, 29, 37)
+    assert (plain - to_tensor(clip[1])).abs().mean() > 0.05  # the weights do change the frame
+    assert torch.allclose(cl, plain, atol=1e-5)
+    parts = [torch.randn(2, c, 5, 7) for c in (3, 1, 2)]
+    for layout in (torch.channels_last, torch.contiguous_format):
+        joined = _cat(parts, layout)
+        assert torch.equal(joined, torch.cat(parts, dim=1)) and joined.is_contiguous(memory_format=layout)
 
 
 def test_layered_motion_is_exact_at_the_ends_and_deterministic():

@@ -57,6 +57,20 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.PReLU(cout))
 
 
+def _cat(parts: list[torch.Tensor], memory_format: torch.memory_format) -> torch.Tensor:
+    """`torch.cat(parts, dim=1)` written straight into a tensor of `memory_format`. With
+    channels-last weights a convolution converts a plain NCHW input first: at full resolution
+    that copy and the concatenation before it cost ~17% of the network's time."""
+    first = parts[0]
+    out = torch.empty((first.shape[0], sum(p.shape[1] for p in parts), *first.shape[2:]), dtype=first.dtype,
+                      device=first.device, memory_format=memory_format)
+    c = 0
+    for part in parts:
+        out[:, c:c + part.shape[1]] = part
+        c += part.shape[1]
+    return out
+
+
 class FlowInterpNet(nn.Module):
     """Inputs: frames `i0`, `i1` `(b, 3, h, w)` in [0, 1], DIS flows `f01`, `f10` `(b, 2, h, w)` in
     pixels, times `t` `(b,)` in (0, 1), and optionally the flows to the known frames on either
@@ -103,7 +117,9 @@ class FlowInterpNet(nn.Module):
         w0, w1 = backward_warp(i0, ft0), backward_warp(i1, ft1)
         tmap = t.to(i0).reshape(-1, 1, 1, 1).expand(-1, 1, *i0.shape[-2:])
         s = self.config.flow_scale
-        x = torch.cat([i0, i1, w0, w1, ft0 / s, ft1 / s, tmap], dim=1)
+        # the full-resolution inputs take the layout of the weights (channels-last for inference)
+        layout = torch.contiguous_format if self.rgb.weight.is_contiguous() else torch.channels_last
+        x = _cat([i0, i1, w0, w1, ft0 / s, ft1 / s, tmap], layout)
         skips = []
         for level in self.down:
             x = level(x)
@@ -123,7 +139,7 @@ class FlowInterpNet(nn.Module):
         a, b = (1 - tt) * v, tt * (1 - v)
         blend = (a * w0 + b * w1) / (a + b).clamp_min(1e-6)
         feats = F.interpolate(self.head_in(x), size=i0.shape[-2:], mode="bilinear", align_corners=False)
-        residual = self.rgb(torch.cat([feats, w0, w1], dim=1))
+        residual = self.rgb(_cat([feats, w0, w1], layout))
         if self.config.residual_gate:  # 0.5 at init, where the residual is zero anyway
             residual = residual * torch.sigmoid(coarse[:, 5:6])
         out = blend + residual
