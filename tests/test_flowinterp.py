@@ -152,6 +152,29 @@ def test_channels_last_inference_computes_what_the_plain_layout_does():
         assert torch.equal(joined, torch.cat(parts, dim=1)) and joined.is_contiguous(memory_format=layout)
 
 
+def test_bfloat16_network_draws_within_a_level_or_two_of_float32():
+    """`precision`: the network's convolutions in bfloat16 (autocast), flows, warps and blend in
+    float32; on real trained-like weights the frames move by at most a couple of levels."""
+    import copy
+
+    torch.manual_seed(0)
+    net = FlowInterpNet(FlowInterpConfig(widths=(8, 8, 8), head_width=4, residual_gate=True)).eval()
+    for head in (net.coarse, net.rgb):
+        torch.nn.init.normal_(head.weight, std=0.05)
+    clip = moving(40, 56, frames=4, dx=3)
+    frames = {}
+    for precision in ("float32", "bfloat16"):
+        interp = FlowInterpolator(copy.deepcopy(net), precision=precision)
+        assert interp.precision == precision
+        frames[precision] = interp.run(clip, 3).astype(int)
+    assert frames["float32"].shape == (10, 40, 56, 3)
+    assert (frames["float32"][1] != clip[0]).mean() > 0.5  # new frames, not copies
+    diff = np.abs(frames["float32"] - frames["bfloat16"])
+    assert diff.max() <= 2 and diff.any()  # bfloat16 really ran, and changed little
+    with pytest.raises(UserInputError, match="precision"):
+        FlowInterpolator(net, precision="half")
+
+
 def test_layered_motion_is_exact_at_the_ends_and_deterministic():
     data = LayeredMotion(procedural_photos(3, 96), size=48, max_shift=8.0)
     a = data.sample(torch.Generator().manual_seed(5))

@@ -139,6 +139,8 @@ def test_odd_size_kept_and_codec_options(tmp_path):
     assert r.exit_code == 2 and ".webm takes libvpx-vp9" in r.output
     r = run(src, "--out", tmp_path / "x.mp4", "--crf", "99")
     assert r.exit_code == 2 and "--crf" in r.output
+    r = run(src, "--out", tmp_path / "x.mp4", "--precision", "half")
+    assert r.exit_code == 2 and "--precision 'half'" in r.output and "float32" in r.output
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x*"))
 
 

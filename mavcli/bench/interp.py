@@ -58,7 +58,7 @@ def run_interp_bench(interp, *, width: int = 455, height: int = 256, rounds: int
     t = torch.full((1,), 0.5)
 
     def network():
-        with torch.inference_mode():
+        with torch.inference_mode(), interp.autocast():
             net(i0, i1, f01, f10, t)
 
     run = np.stack([a, b, a, b, a])  # 4 pairs, each with a neighbour on one side or both

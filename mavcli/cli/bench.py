@@ -216,6 +216,7 @@ def interpolate(
     threads: Annotated[
         Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch and OpenCV (default: their own choice).")
     ] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto, float32 or bfloat16 (as for mav interpolate).")] = "auto",
 ) -> None:
     """Milliseconds per new frame of `mav interpolate`'s flow method at x2 and x4, beside DIS
     warp + blend timed alongside, with the time split into flow and network."""
@@ -236,8 +237,9 @@ def interpolate(
 
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
-        interp = open_flow_interpolator(pack, "cpu")
-        console.info(f"timing at {width}x{height}, {rounds} interleaved rounds, {torch.get_num_threads()} torch threads")
+        interp = open_flow_interpolator(pack, "cpu", precision)
+        console.info(f"timing at {width}x{height}, {rounds} interleaved rounds, {torch.get_num_threads()} torch threads, "
+                     f"network in {interp.precision}")
         rows = run_interp_bench(interp, width=width, height=height, rounds=rounds)
         table = Table(title=f"mav bench interpolate: ms per new frame at {width}x{height} (CPU)", box=box.SIMPLE)
         for col in ("factor", "mavcli", "DIS + blend", "mavcli / DIS", "2 DIS flows", "network"):

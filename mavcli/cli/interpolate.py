@@ -36,6 +36,7 @@ class Request:
     seed: int
     chunk: int
     overwrite: bool
+    precision: str = "auto"  # what the networks compute in (mav generate's --precision)
 
 
 def _videos_in(folder: Path) -> list[Path]:
@@ -165,7 +166,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
         if "flow" not in cache:
             from mavcli.cli.loading import open_flow_interpolator
 
-            cache["flow"] = open_flow_interpolator(pack, device)
+            cache["flow"] = open_flow_interpolator(pack, device, req.precision)
         interp = cache["flow"]
         used = interp.path
         plan = plan_pairs(ft.times, r.out_times, cuts)
@@ -175,7 +176,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                                         cuts=cuts, callback=cb)
     else:
         if "pipe" not in cache:
-            cache["pipe"] = open_pipeline(pack, device)
+            cache["pipe"] = open_pipeline(pack, device, precision=req.precision)
         pipe = cache["pipe"]
         used = pipe.pack.path
         opts = {"steps": req.steps} if req.steps else {}
@@ -222,6 +223,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="diffusion: random seed of the sampler."),
         chunk: int = typer.Option(9, help="diffusion: input frames held in memory at a time."),
         device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+        precision: str = typer.Option("auto", "--precision", help="auto, float32 or bfloat16: what the network computes in (auto: bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else float32)."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use, less those other processes keep busy)."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
@@ -235,12 +237,16 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"--codec {codec} cannot be lossless; use ffv1 (mkv) or libx264")
             req = Request(factor, target_fps, slowmo, method, audio,
                           Encoding(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt),
-                          steps, seed, chunk, overwrite)
+                          steps, seed, chunk, overwrite, precision)
             input = input.expanduser()
             batch = input.is_dir() and bool(_videos_in(input))
             if input.is_dir() and not batch and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in input.iterdir()):
                 raise UserInputError(f"{input} holds no videos and no frames; pass a video file, a folder of "
                                      f"videos, or a folder of PNG/JPEG frames")
+            from mavcli.runtime import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
             set_threads(threads)
             if batch:
                 code = _run_batch(input, out, req, pack, device, quiet)

@@ -63,14 +63,15 @@ def _pack_path(pack: str | None, manifest: Path | None = None) -> Path:
         return resolve_pack(pack, manifest=load_manifest(manifest), allow_download=True, progress=progress)
 
 
-def open_flow_interpolator(pack: str | None = None, device: str = "auto"):
+def open_flow_interpolator(pack: str | None = None, device: str = "auto", precision: str = "auto"):
     """The real-footage interpolator (`mav interpolate`'s default method) from `pack` (default:
     the realinterp pack), on `device` (auto: CUDA when there is one; DIS flow always runs on
-    the CPU). Returns a callable (frame0, frame1, times) -> frames."""
+    the CPU), its network computing in `precision`. Returns a callable (frame0, frame1, times)
+    -> frames."""
     import torch
 
     from mavcli.interpolator import FlowInterpolator
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=device)
+    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=device, precision=precision)
