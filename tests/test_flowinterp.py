@@ -154,7 +154,7 @@ def test_channels_last_inference_computes_what_the_plain_layout_does():
 
 def test_bfloat16_network_draws_within_a_level_or_two_of_float32():
     """`precision`: the network's convolutions in bfloat16 (autocast), flows, warps and blend in
-    float32; on real trained-like weights the frames move by at most a couple of levels."""
+    float32; with small non-zero heads the frames move by at most a couple of levels."""
     import copy
 
     torch.manual_seed(0)

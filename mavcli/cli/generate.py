@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from mavcli.cli import console
-from mavcli.cli.loading import check_matcher_options, open_pipeline, set_threads
+from mavcli.cli.loading import check_matcher_options, check_precision, open_pipeline, set_threads
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
 from mavcli.models import SAMPLED_STAGES
@@ -130,10 +130,7 @@ def register(app: typer.Typer) -> None:
             fmt = fmt.lower()
             if fmt not in FORMATS:
                 raise UserInputError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
-            from mavcli.runtime import PRECISIONS
-
-            if precision not in PRECISIONS:
-                raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+            check_precision(precision)
             if num_videos < 1:
                 raise UserInputError("--num-videos must be >= 1")
             select_times = check_matcher_options(candidates, matcher_guidance, select_at)

@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from mavcli.cli import console
-from mavcli.cli.loading import open_pipeline, set_threads
+from mavcli.cli.loading import check_precision, open_pipeline, set_threads
 from mavcli.errors import MavError, UserInputError
 
 DIFFUSION_FACTORS = (2, 4, 8)
@@ -243,10 +243,7 @@ def register(app: typer.Typer) -> None:
             if input.is_dir() and not batch and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in input.iterdir()):
                 raise UserInputError(f"{input} holds no videos and no frames; pass a video file, a folder of "
                                      f"videos, or a folder of PNG/JPEG frames")
-            from mavcli.runtime import PRECISIONS
-
-            if precision not in PRECISIONS:
-                raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+            check_precision(precision)
             set_threads(threads)
             if batch:
                 code = _run_batch(input, out, req, pack, device, quiet)

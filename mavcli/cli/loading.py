@@ -29,6 +29,15 @@ def check_matcher_options(candidates: int | None, matcher_guidance: float | None
     return tuple(select_at)
 
 
+def check_precision(precision: str) -> None:
+    """`--precision`, checked before any work (a folder run would otherwise fail per file)."""
+    from mavcli.errors import UserInputError
+    from mavcli.runtime import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserInputError(f"--precision {precision!r}: choose {', '.join(PRECISIONS)}")
+
+
 def set_threads(threads: int | None) -> str:
     """Give torch's (and OpenCV's) CPU pools `threads` threads, or as many as this process can
     really use now (mavcli.runtime.choose_threads); returns the choice in words."""
