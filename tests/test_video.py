@@ -108,6 +108,20 @@ def test_odd_size_mp4_reads_back_at_its_size(tmp_path: Path) -> None:
     assert "48x34" in header  # what other players see: padded to even
 
 
+@pytest.mark.parametrize("name", ["long.mp4", "long.mkv"])
+def test_long_metadata_reads_back_whole_with_the_size(tmp_path: Path, name: str) -> None:
+    """ffmpeg's header text cuts a tag at 255 characters; a long comment (a long source path)
+    must still give back its metadata and the odd frame size."""
+    frames = _clip(f=4, h=33, w=47)
+    meta = {"source": "/a/very/long/path=with;odd#chars\\and spaces/" + "d" * 400 + "/clip.mp4", "n": 3}
+    out = write_video(tmp_path / name, frames, fps=8, metadata=meta)
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    assert "d" * 400 not in header  # the header alone does not hold it
+    clip = read_video(out)
+    assert clip.frames.shape == (4, 33, 47, 3)
+    assert clip.metadata == meta
+
+
 def test_gif_fps_is_the_mean_of_its_centisecond_delays(tmp_path: Path) -> None:
     out = write_video(tmp_path / "a.gif", _clip(f=16, h=16, w=16), fps=8)
     info = probe_video(out)

@@ -65,16 +65,34 @@ def _header_reason(text: str) -> str:
     return lines[-1] if lines else "ffmpeg could not open it"
 
 
-def _header_metadata(text: str) -> dict[str, Any]:
-    """The JSON of the first ``comment`` tag in ffmpeg's header text ({} if none / not JSON)."""
+def _header_metadata(text: str, path: Path | None = None) -> dict[str, Any]:
+    """The JSON of the first ``comment`` tag in ffmpeg's header text ({} if none / not JSON).
+    The header cuts a tag's value at 255 characters, so a longer comment (a long source path is
+    enough) is read whole from ``path`` instead (``_full_comment``)."""
     m = re.search(r"^\s*comment\s*:\s?(.*)$", text, flags=re.MULTILINE | re.IGNORECASE)
     if not m:
         return {}
+    raw = m.group(1).strip()
+    if len(raw) >= 255 and path is not None:
+        raw = _full_comment(path) or raw
     try:
-        value = json.loads(m.group(1).strip())
+        value = json.loads(raw)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _full_comment(path: Path) -> str | None:
+    """The ``comment`` tag of a file, whole: ffmpeg's ffmetadata output, where ``=``, ``;``,
+    ``#``, ``\\`` and newlines in a value are escaped by a backslash."""
+    try:
+        proc = subprocess.run([_ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-f", "ffmetadata", "-"],
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    text = proc.stdout.decode("utf-8", errors="replace")
+    m = re.search(r"^comment=((?:[^\\\n]|\\.)*)", text, flags=re.MULTILINE | re.IGNORECASE | re.DOTALL)
+    return None if m is None else re.sub(r"\\(.)", r"\1", m.group(1), flags=re.DOTALL)
 
 
 

@@ -121,7 +121,7 @@ class _FileSource:
             )
         if not re.search(r"Stream #\d+:\d+.*: Video:", text):
             raise UserInputError(f"{path} has no video stream (audio only?); {_READABLE}")
-        meta_json = _header_metadata(text)
+        meta_json = _header_metadata(text, path)
         output_params = ["-fps_mode", "passthrough"]  # one output frame per decoded frame
         if max_frames is not None:
             output_params += ["-frames:v", str(int(max_frames))]
