@@ -4,6 +4,7 @@ every mode, folders of videos (a broken file, a resumed batch), and bad input.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -139,6 +140,9 @@ def test_odd_size_kept_and_codec_options(tmp_path):
     assert r.exit_code == 2 and ".webm takes libvpx-vp9" in r.output
     r = run(src, "--out", tmp_path / "x.mp4", "--crf", "99")
     assert r.exit_code == 2 and "--crf" in r.output
+    r = run(src, "--out", tmp_path / "f32.mkv", "--precision", "float32")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "f32.mkv.json").read_text())["precision"] == "float32"
     r = run(src, "--out", tmp_path / "x.mp4", "--precision", "half")
     assert r.exit_code == 2 and "--precision 'half'" in r.output and "float32" in r.output
     assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob(".x*"))

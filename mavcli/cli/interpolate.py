@@ -168,7 +168,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
 
             cache["flow"] = open_flow_interpolator(pack, device, req.precision)
         interp = cache["flow"]
-        used = interp.path
+        used, precision = interp.path, interp.precision
         plan = plan_pairs(ft.times, r.out_times, cuts)
 
         def stream(cb):
@@ -178,7 +178,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
         if "pipe" not in cache:
             cache["pipe"] = open_pipeline(pack, device, precision=req.precision)
         pipe = cache["pipe"]
-        used = pipe.pack.path
+        used, precision = pipe.pack.path, pipe.precision
         opts = {"steps": req.steps} if req.steps else {}
 
         def stream(cb):
@@ -188,7 +188,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     progress.update(task, total=n_out, completed=0, visible=True)
     written = 0
     meta = {"source": str(input), "mode": _label(req), "fps": out_fps, "scene_cuts": cuts, "method": req.method,
-            "pack": str(used), "variable_frame_rate": ft.variable}
+            "pack": str(used), "precision": precision, "variable_frame_rate": ft.variable}
     with VideoWriter(out, out_fps, audio_from=audio_from, audio_tempo=tempo, encoding=None if fmt == "png" else enc,
                      source_pix_fmt=source_pix, overwrite=req.overwrite, metadata=meta) as writer:
         for frame in stream(lambda *_: None):
