@@ -633,18 +633,18 @@ class _ShapesBase:
 
     def __init__(
         self,
-        length: int,
+        length: int = 100_000,
         *,
-        size: int,
-        seed: int,
-        colours: Iterable[str] | None,
-        shapes: Iterable[str] | None,
-        motions: Iterable[str] | None,
-        backgrounds: Iterable[str] | None,
-        pairs: Iterable[tuple[str, str]] | None,
-        exclude_held_out: bool,
-        canonical_prob: float,
-        as_tensor: bool,
+        size: int = 64,
+        seed: int = 0,
+        colours: Iterable[str] | None = None,
+        shapes: Iterable[str] | None = None,
+        motions: Iterable[str] | None = None,
+        backgrounds: Iterable[str] | None = None,
+        pairs: Iterable[tuple[str, str]] | None = None,
+        exclude_held_out: bool = True,
+        canonical_prob: float = 0.5,
+        as_tensor: bool = True,
     ) -> None:
         if not exclude_held_out:
             raise UserInputError(
@@ -729,37 +729,12 @@ class ShapesVideoDataset(_ShapesBase):
     ``__getitem__``), so it works with ``torch.utils.data.DataLoader`` as is.
     """
 
-    def __init__(
-        self,
-        length: int = 100_000,
-        *,
-        frames: int = 16,
-        size: int = 64,
-        seed: int = 0,
-        base_fps: float = 8.0,
-        rate_factors: Sequence[int] = (1, 2, 3, 4),
-        colours: Iterable[str] | None = None,
-        shapes: Iterable[str] | None = None,
-        motions: Iterable[str] | None = None,
-        backgrounds: Iterable[str] | None = None,
-        pairs: Iterable[tuple[str, str]] | None = None,
-        exclude_held_out: bool = True,
-        canonical_prob: float = 0.5,
-        as_tensor: bool = True,
-    ) -> None:
-        super().__init__(
-            length,
-            size=size,
-            seed=seed,
-            colours=colours,
-            shapes=shapes,
-            motions=motions,
-            backgrounds=backgrounds,
-            pairs=pairs,
-            exclude_held_out=exclude_held_out,
-            canonical_prob=canonical_prob,
-            as_tensor=as_tensor,
-        )
+    def __init__(self, length: int = 100_000, *, frames: int = 16, base_fps: float = 8.0,
+                 rate_factors: Sequence[int] = (1, 2, 3, 4), **options: Any) -> None:
+        """`options`: the colour, shape, motion and background choices of every dataset here
+        (`_ShapesBase`: size, seed, colours, shapes, motions, backgrounds, pairs,
+        exclude_held_out, canonical_prob, as_tensor)."""
+        super().__init__(length, **options)
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         factors = [int(k) for k in rate_factors]
@@ -805,35 +780,6 @@ class ShapesImageDataset(_ShapesBase):
 
     Items: ``image`` float32 ``(c, h, w)`` in [-1, 1], ``caption`` str, ``index`` int.
     """
-
-    def __init__(
-        self,
-        length: int = 100_000,
-        *,
-        size: int = 64,
-        seed: int = 0,
-        colours: Iterable[str] | None = None,
-        shapes: Iterable[str] | None = None,
-        motions: Iterable[str] | None = None,
-        backgrounds: Iterable[str] | None = None,
-        pairs: Iterable[tuple[str, str]] | None = None,
-        exclude_held_out: bool = True,
-        canonical_prob: float = 0.5,
-        as_tensor: bool = True,
-    ) -> None:
-        super().__init__(
-            length,
-            size=size,
-            seed=seed,
-            colours=colours,
-            shapes=shapes,
-            motions=motions,
-            backgrounds=backgrounds,
-            pairs=pairs,
-            exclude_held_out=exclude_held_out,
-            canonical_prob=canonical_prob,
-            as_tensor=as_tensor,
-        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from einops import rearrange
