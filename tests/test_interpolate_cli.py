@@ -237,3 +237,33 @@ def test_subtitles_and_every_audio_stream_are_carried(tmp_path):
         assert streams(tmp_path / name) == ["Video", "Audio", "Audio", "Subtitle"], name
         text = subprocess.run([FFMPEG, "-hide_banner", "-i", str(tmp_path / name)], capture_output=True, text=True).stderr
         assert f"Subtitle: {sub}" in text
+
+
+def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
+    from mavcli.video.common import _ffmpeg_header
+    from mavcli.video.encoding import Colour, parse_stream
+
+    # anamorphic 4:2:2 BT.709 footage: 720x480 pixels shown at 16:9 (a pixel 32/27 as wide as high)
+    src = lavfi(tmp_path / "dv.mkv", rate="30000/1001", seconds=0.3, size="176x120",
+                extra=("-vf", "setsar=32/27,setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"),
+                codec=("-c:v", "libx264", "-pix_fmt", "yuv422p"))
+    source = parse_stream(_ffmpeg_header(src))
+    assert source.pix_fmt == "yuv422p" and source.sar == (32, 27)
+    assert source.colour == Colour("tv", "bt709", "bt709", "bt709")
+    for name, args, pix in (("o.mp4", [], "yuv422p"), ("o.mov", [], "yuv422p"), ("o.webm", [], "yuv422p"),
+                            ("l.mkv", ["--lossless"], "bgr0"), ("s.mp4", ["--pix-fmt", "yuv420p"], "yuv420p")):
+        r = run(src, "--out", tmp_path / name, *args)
+        assert r.exit_code == 0, r.output
+        got = parse_stream(_ffmpeg_header(tmp_path / name))
+        assert got.pix_fmt == pix, name
+        if name == "o.webm":  # Matroska stores a display size: 176 * 32/27 = 208.6 -> 209 px wide
+            assert got.sar is not None and abs(got.sar[0] / got.sar[1] - 32 / 27) < 0.01
+        else:
+            assert got.sar == (32, 27), name
+        if not args or args[0] != "--lossless":  # RGB output has no YUV matrix to tag
+            assert got.colour == Colour("tv", "bt709", "bt709", "bt709"), name
+    r = run(src, "--out", tmp_path / "o.gif")
+    assert r.exit_code == 0 and "SAR 32:27" in " ".join(r.output.split())
+    # square pixels need no tag: the header then states none and nothing is carried
+    plain = lavfi(tmp_path / "sq.mp4", rate="25", seconds=0.2)
+    assert parse_stream(_ffmpeg_header(plain)).sar is None

@@ -6,7 +6,7 @@ masked-frame diffusion network F_i (Make-A-Video 3.3), for 2, 4 or 8 times the f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -109,7 +109,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     from mavcli.retime import plan_pairs, retiming
     from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
     from mavcli.video.common import _ffmpeg_header
-    from mavcli.video.encoding import Encoding, parse_stream
+    from mavcli.video.encoding import Colour, SourceStream, parse_stream
 
     info = probe_video(input)  # clear errors for missing / unreadable / non-video input
     if min(info.width, info.height) < MIN_SIDE:
@@ -155,12 +155,16 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                              "(--audio stretch slows the audio to match)")
         else:
             audio_from = input
-    source_pix, colour = (None, None)
-    if input.is_file():
-        source_pix, colour = parse_stream(_ffmpeg_header(input))
+    source = parse_stream(_ffmpeg_header(input)) if input.is_file() else SourceStream()
     enc = req.encoding
-    if colour is not None and fmt != "png" and enc.colour == type(enc.colour)():
-        enc = Encoding(codec=enc.codec, crf=enc.crf, lossless=enc.lossless, pix_fmt=enc.pix_fmt, colour=colour)
+    if fmt != "png" and enc.colour == Colour():
+        enc = replace(enc, colour=source.colour)
+    if source.sar is not None:
+        if fmt in ("gif", "png"):
+            notes.append(f"the input's pixels are not square (SAR {source.sar[0]}:{source.sar[1]}); {fmt} output keeps "
+                         f"its {info.width}x{info.height} pixels, which show stretched (mp4, mov, mkv and webm keep the SAR)")
+        else:
+            enc = replace(enc, sar=source.sar)
 
     if req.method == "flow":
         if "flow" not in cache:
@@ -190,7 +194,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     meta = {"source": str(input), "mode": _label(req), "fps": out_fps, "scene_cuts": cuts, "method": req.method,
             "pack": str(used), "precision": precision, "variable_frame_rate": ft.variable}
     with VideoWriter(out, out_fps, audio_from=audio_from, audio_tempo=tempo, encoding=None if fmt == "png" else enc,
-                     source_pix_fmt=source_pix, overwrite=req.overwrite, metadata=meta) as writer:
+                     source_pix_fmt=source.pix_fmt, overwrite=req.overwrite, metadata=meta) as writer:
         for frame in stream(lambda *_: None):
             writer.append(frame[None])
             written += 1

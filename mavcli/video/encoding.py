@@ -49,13 +49,17 @@ class Encoding:
 
     `codec`: an ffmpeg encoder name from `CONTAINER_CODECS`. `crf`: constant-quality level
     (lower is better; libx264/libx265 0-51, libvpx-vp9 0-63). `lossless`: exact RGB.
-    `pix_fmt`: the stored pixel format (e.g. yuv444p). `colour`: tags to carry from the input."""
+    `pix_fmt`: the stored pixel format (e.g. yuv444p). `colour`: tags to carry from the input.
+    `sar`: the sample aspect ratio (width, height of one pixel) to carry from an anamorphic
+    input (DVD and DV footage stores 16:9 or 4:3 pictures in 720x480 or 720x576 pixels);
+    None: square pixels."""
 
     codec: str | None = None
     crf: int | None = None
     lossless: bool = False
     pix_fmt: str | None = None
     colour: Colour = field(default_factory=Colour)
+    sar: tuple[int, int] | None = None
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,7 +134,9 @@ def choose_encoder(fmt: str, enc: Encoding, source_pix_fmt: str | None = None) -
             "libvpx-vp9": ("-c:v", "libvpx-vp9", "-lossless", "1", "-pix_fmt", "gbrp", "-row-mt", "1"),
             "ffv1": ("-c:v", "ffv1", "-level", "3", "-pix_fmt", "bgr0"),
         }[codec]
-        return EncoderChoice(codec, args, args[-1] if codec != "libvpx-vp9" else "gbrp", True)
+        filters = _sar_filter(enc.sar)
+        return EncoderChoice(codec, args + (("-vf", ",".join(filters)) if filters else ()),
+                             "gbrp" if codec == "libvpx-vp9" else args[-1], True)
     pix = enc.pix_fmt
     supported = encoder_pixel_formats(codec)
     if pix is not None and supported and pix not in supported:
@@ -153,22 +159,52 @@ def choose_encoder(fmt: str, enc: Encoding, source_pix_fmt: str | None = None) -
     args += ["-pix_fmt", pix]
     c = enc.colour
     matrix = _MATRIX.get(c.space or "")
+    filters = _sar_filter(enc.sar)
     if matrix is not None:  # convert with the matrix the tag names, so players decode what was meant
-        args += ["-vf", f"scale=out_color_matrix={matrix}:out_range={'full' if c.range == 'pc' else 'limited'}"]
+        filters.insert(0, f"scale=out_color_matrix={matrix}:out_range={'full' if c.range == 'pc' else 'limited'}")
         args += ["-colorspace", str(c.space)]
-    for flag, value in (("-color_range", c.range), ("-color_primaries", c.primaries), ("-color_trc", c.transfer)):
-        if value:
-            args += [flag, value]
+    # the encoder takes primaries and transfer from the frames' own properties: ffmpeg 7's
+    # -color_primaries / -color_trc output options are not applied to frames a filter made
+    params = [f"{k}={v}" for k, v in (("color_primaries", c.primaries), ("color_trc", c.transfer)) if v]
+    if params:
+        filters.append("setparams=" + ":".join(params))
+    if filters:
+        args += ["-vf", ",".join(filters)]
+    if c.range:
+        args += ["-color_range", c.range]
     return EncoderChoice(codec, tuple(args), pix, False, subsampled(pix) if codec != "libvpx-vp9" else (False, False))
 
 
-def parse_stream(header: str) -> tuple[str | None, Colour]:
-    """The pixel format and colour tags of the first video stream in ffmpeg's header text,
-    e.g. 'Video: h264 (High), yuv420p(tv, bt709, progressive), 1280x720' -> ('yuv420p',
-    Colour('tv', 'bt709', 'bt709', 'bt709'))."""
+def _sar_filter(sar: tuple[int, int] | None) -> list[str]:
+    """The filter that stores a sample aspect ratio other than square pixels."""
+    if sar is None or sar[0] == sar[1]:
+        return []
+    return [f"setsar={sar[0]}/{sar[1]}"]
+
+
+@dataclass(frozen=True)
+class SourceStream:
+    """What `mav interpolate` carries from its input's first video stream: the pixel format,
+    the colour tags and the sample aspect ratio (None: not stated, or square pixels)."""
+
+    pix_fmt: str | None = None
+    colour: Colour = field(default_factory=Colour)
+    sar: tuple[int, int] | None = None
+
+
+def parse_stream(header: str) -> SourceStream:
+    """The pixel format, colour tags and sample aspect ratio of the first video stream in
+    ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv, bt709, progressive), 720x480
+    [SAR 32:27 DAR 16:9]' -> SourceStream('yuv420p', Colour('tv', 'bt709', 'bt709', 'bt709'),
+    (32, 27))."""
     m = re.search(r"Stream #\d+:\d+.*?: Video: [^,]+(?:\([^)]*\))*[^,]*, ([a-z0-9_]+)(\(([^)]*)\))?", header)
     if not m:
-        return None, Colour()
+        return SourceStream()
+    line = header[m.start():].split("\n", 1)[0]
+    a = re.search(r"\bSAR (\d+):(\d+) DAR", line)  # "[SAR 32:27 DAR 16:9]", or unbracketed (mkv)
+    sar = (int(a.group(1)), int(a.group(2))) if a and int(a.group(1)) > 0 and int(a.group(2)) > 0 else None
+    if sar is not None and sar[0] == sar[1]:
+        sar = None
     pix = m.group(1)
     parts = [p.strip() for p in (m.group(3) or "").split(",")]
     rng = next((p for p in parts if p in ("tv", "pc")), None)
@@ -182,4 +218,4 @@ def parse_stream(header: str) -> tuple[str | None, Colour]:
                 space, primaries, transfer = (b if b not in ("unknown", "reserved") else None for b in bits)
         elif p not in ("unknown",) and re.fullmatch(r"[a-z0-9\-]+", p) and space is None:
             space = primaries = transfer = p  # all three the same
-    return pix, Colour(rng, space, primaries, transfer)
+    return SourceStream(pix, Colour(rng, space, primaries, transfer), sar)
