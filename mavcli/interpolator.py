@@ -25,6 +25,10 @@ from mavcli.weights.pack import load_pack
 STAGE = "flow_interpolation"
 #: the smallest frame side DIS optical flow handles (OpenCV refuses smaller images)
 MIN_SIDE = 12
+#: memory `mav interpolate` takes on the CPU beyond what the process holds once torch and the
+#: network are loaded, per pixel of a frame: measured peak resident memory over that base was
+#: 337-520 bytes per pixel from 455x256 to 3840x2160 (docs/evaluation.md); ~10% above the most
+BYTES_PER_PIXEL = 580
 
 
 class FlowInterpolator:
@@ -58,6 +62,30 @@ class FlowInterpolator:
     def _flow(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
         """DIS flow a -> b as a tensor `(1, 2, h, w)` on the device."""
         return self.flow.tensor(a, b).to(self.device)
+
+    @staticmethod
+    def estimate_memory(width: int, height: int) -> int:
+        """Bytes that interpolating frames of `width` x `height` on the CPU takes on top of the
+        loaded network: the frames held, three pairs' flows and one network evaluation."""
+        return BYTES_PER_PIXEL * width * height
+
+    @classmethod
+    def check_memory(cls, width: int, height: int, available: int | None = None) -> None:
+        """Refuse (UserInputError) frames whose interpolation on the CPU would not fit in the
+        memory this process has left (`available`, default: mavcli.runtime.available_memory),
+        naming the largest size of that shape that would."""
+        from mavcli.runtime import available_memory
+
+        available = available_memory() if available is None else available
+        need = cls.estimate_memory(width, height)
+        if available is None or need <= available:
+            return
+        scale = (available / need) ** 0.5
+        fit_h = max(MIN_SIDE, int(height * scale) // 2 * 2)
+        raise UserInputError(
+            f"interpolating {width}x{height} frames needs about {need / 2**30:.1f} GiB of memory and "
+            f"{available / 2**30:.1f} GiB is available; free memory, or scale the video down first "
+            f"(at most about {fit_h} pixels high fits now: ffmpeg -i in.mp4 -vf scale=-2:{fit_h} out.mp4)")
 
     @staticmethod
     def _check(frame0: np.ndarray, frame1: np.ndarray, times: list[float]) -> None:

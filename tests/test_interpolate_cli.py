@@ -267,3 +267,21 @@ def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
     # square pixels need no tag: the header then states none and nothing is carried
     plain = lavfi(tmp_path / "sq.mp4", rate="25", seconds=0.2)
     assert parse_stream(_ffmpeg_header(plain)).sar is None
+
+
+def test_frames_too_large_for_memory_are_refused_before_any_work(tmp_path, monkeypatch):
+    from mavcli.errors import UserInputError
+    from mavcli.interpolator import FlowInterpolator
+
+    gib = 2**30
+    FlowInterpolator.check_memory(1920, 1080, available=2 * gib)  # fits
+    with pytest.raises(UserInputError, match=r"3840x2160 frames needs about 4\.5 GiB .* 2\.0 GiB is available") as e:
+        FlowInterpolator.check_memory(3840, 2160, available=2 * gib)
+    fit_h = int(str(e.value).split("scale=-2:")[1].split()[0])
+    assert 1400 < fit_h < 2160 and FlowInterpolator.estimate_memory(fit_h * 16 // 9, fit_h) <= 2 * gib
+    # the CLI checks before it decodes anything, and writes nothing
+    src = lavfi(tmp_path / "in.mp4", rate="25", seconds=0.2)
+    monkeypatch.setattr("mavcli.runtime.available_memory", lambda: 1000)
+    r = run(src, "--out", tmp_path / "o.mp4", "--device", "cpu")
+    assert r.exit_code == 2 and "64x48 frames needs about" in " ".join(r.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from mavcli.cli import console
-from mavcli.cli.loading import check_precision, open_pipeline, set_threads
+from mavcli.cli.loading import check_precision, flow_device, open_pipeline, set_threads
 from mavcli.errors import MavError, UserInputError
 
 DIFFUSION_FACTORS = (2, 4, 8)
@@ -105,7 +105,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                     progress: Progress, task: TaskID, cache: dict) -> str:
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
     across the files of a batch."""
-    from mavcli.interpolator import MIN_SIDE
+    from mavcli.interpolator import MIN_SIDE, FlowInterpolator
     from mavcli.retime import plan_pairs, retiming
     from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
     from mavcli.video.common import _ffmpeg_header
@@ -115,6 +115,8 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     if min(info.width, info.height) < MIN_SIDE:
         raise UserInputError(f"{input} is {info.width}x{info.height}; interpolation needs at least "
                              f"{MIN_SIDE}x{MIN_SIDE} pixels (scale it up first, e.g. ffmpeg -vf scale=-2:{MIN_SIDE * 4})")
+    if req.method == "flow" and flow_device(device) == "cpu":  # before the video is decoded
+        FlowInterpolator.check_memory(info.width, info.height)
     t0 = time.perf_counter()
     count = 0
 

@@ -77,10 +77,15 @@ def open_flow_interpolator(pack: str | None = None, device: str = "auto", precis
     the realinterp pack), on `device` (auto: CUDA when there is one; DIS flow always runs on
     the CPU), its network computing in `precision`. Returns a callable (frame0, frame1, times)
     -> frames."""
-    import torch
-
     from mavcli.interpolator import FlowInterpolator
 
+    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=flow_device(device), precision=precision)
+
+
+def flow_device(device: str = "auto") -> str:
+    """Where the flow interpolator's network runs: auto means CUDA when there is one, else the CPU."""
+    import torch
+
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=device, precision=precision)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
