@@ -267,6 +267,13 @@ def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
     # square pixels need no tag: the header then states none and nothing is carried
     plain = lavfi(tmp_path / "sq.mp4", rate="25", seconds=0.2)
     assert parse_stream(_ffmpeg_header(plain)).sar is None
+    assert parse_stream(_ffmpeg_header(plain)).field_order is None
+    assert "interlaced" not in run(plain, "--out", tmp_path / "sq2.mp4").output
+    # interlaced input is interpolated as stored, with a note that says how to deinterlace
+    woven = lavfi(tmp_path / "tff.mp4", rate="25", seconds=0.2, extra=("-vf", "setfield=tff", "-flags", "+ildct+ilme"))
+    assert parse_stream(_ffmpeg_header(woven)).field_order == "top first"
+    r = run(woven, "--out", tmp_path / "tff2.mp4")
+    assert r.exit_code == 0 and "interlaced (top first)" in r.output and "bwdif" in " ".join(r.output.split())
 
 
 def test_frames_too_large_for_memory_are_refused_before_any_work(tmp_path, monkeypatch):

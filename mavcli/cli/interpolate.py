@@ -161,6 +161,9 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     enc = req.encoding
     if fmt != "png" and enc.colour == Colour():
         enc = replace(enc, colour=source.colour)
+    if source.field_order is not None:  # fields of two times woven into each frame comb where things move
+        notes.append(f"the input is interlaced ({source.field_order}): its frames were interpolated as stored; "
+                     "where they show combing, deinterlace first (ffmpeg -i in.mp4 -vf bwdif out.mp4)")
     if source.sar is not None:
         if fmt in ("gif", "png"):
             notes.append(f"the input's pixels are not square (SAR {source.sar[0]}:{source.sar[1]}); {fmt} output keeps "

@@ -185,11 +185,14 @@ def _sar_filter(sar: tuple[int, int] | None) -> list[str]:
 @dataclass(frozen=True)
 class SourceStream:
     """What `mav interpolate` carries from its input's first video stream: the pixel format,
-    the colour tags and the sample aspect ratio (None: not stated, or square pixels)."""
+    the colour tags and the sample aspect ratio (None: not stated, or square pixels); and the
+    field order of interlaced video ('top first', 'bottom first', ...; None: progressive or
+    not stated)."""
 
     pix_fmt: str | None = None
     colour: Colour = field(default_factory=Colour)
     sar: tuple[int, int] | None = None
+    field_order: str | None = None
 
 
 def parse_stream(header: str) -> SourceStream:
@@ -218,4 +221,5 @@ def parse_stream(header: str) -> SourceStream:
                 space, primaries, transfer = (b if b not in ("unknown", "reserved") else None for b in bits)
         elif p not in ("unknown",) and re.fullmatch(r"[a-z0-9\-]+", p) and space is None:
             space = primaries = transfer = p  # all three the same
-    return SourceStream(pix, Colour(rng, space, primaries, transfer), sar)
+    order = next((p for p in parts if p.startswith(("top ", "bottom "))), None)
+    return SourceStream(pix, Colour(rng, space, primaries, transfer), sar, order)
