@@ -22,10 +22,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mavcli.errors import UserInputError
+from mavcli.video.common import exact_rate
 
 #: two times closer than this (seconds) are the same instant: container timestamps are rounded
 #: to their time base (e.g. 1/12800 s for mp4), far below a frame period
 SAME_INSTANT = 1e-4
+
+
+def parse_rate(text: str) -> float:
+    """A frame rate as people write it: '60', '25', a fraction '60000/1001', or the rounded
+    NTSC rates '23.976', '29.97', '47.952', '59.94', '119.88', '239.76', which mean exactly
+    N * 1000/1001 (as in ffmpeg's 'ntsc' and every editor: 59.94 fps video is 60000/1001)."""
+    t = text.strip()
+    try:
+        if "/" in t:
+            num, den = t.split("/")
+            value = float(num) / float(den)
+        else:
+            value = float(t)
+    except (ValueError, ZeroDivisionError):
+        raise UserInputError(f"--fps {text!r} is not a frame rate; write e.g. 60, 59.94 or 60000/1001") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UserInputError(f"--fps must be a positive number of frames per second; got {text}")
+    return value if "/" in t else exact_rate(value)
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,7 @@ class Retiming:
     @property
     def label(self) -> str:
         """A short name for output files: x2, 60fps, slowmo4."""
-        a = f"{self.amount:g}"
+        a = f"{round(self.amount, 3):g}"  # 59.94fps for 60000/1001
         return {"factor": f"x{a}", "fps": f"{a}fps", "slowmo": f"slowmo{a}"}[self.mode]
 
 

@@ -64,33 +64,47 @@ def test_retiming_grids():
             retiming(25.0, 1.0, **bad)
 
 
-@pytest.mark.parametrize(("rate", "frames"), [("24000/1001", 48), ("25", 50)])
-def test_any_target_fps_places_every_frame_at_its_time(tmp_path, rate, frames):
+@pytest.mark.parametrize(("rate", "frames", "target", "out_fps"),
+                         [("24000/1001", 48, "60", 60.0), ("25", 50, "60", 60.0), ("24000/1001", 48, "59.94", 60000 / 1001)])
+def test_any_target_fps_places_every_frame_at_its_time(tmp_path, rate, frames, target, out_fps):
     src = lavfi(tmp_path / "in.mp4", rate=rate, seconds=frames / eval(rate) - 0.001)
     decoded = read_video(src).frames
     assert len(decoded) == frames
     out = tmp_path / "out.mkv"
-    r = run(src, "--fps", 60, "--lossless", "--out", out)
+    r = run(src, "--fps", target, "--lossless", "--out", out)
     assert r.exit_code == 0, r.output
     in_fps = eval(rate)
-    expect = int(np.ceil(frames / in_fps * 60 - 1e-6))
+    expect = int(np.ceil(frames / in_fps * out_fps - 1e-6))
     times = frame_times(out)
-    assert len(times.times) == expect and not times.variable and times.fps == pytest.approx(60)
+    assert len(times.times) == expect and not times.variable and times.fps == pytest.approx(out_fps, abs=1e-4)
     got, end = packet_times(out)  # the container's own timestamps
-    assert np.allclose(got, np.arange(expect) / 60, atol=1e-3)
-    assert end == pytest.approx(frames / in_fps, abs=1 / 60)  # the duration is kept
+    assert np.allclose(got, np.arange(expect) / out_fps, atol=1e-3)
+    assert end == pytest.approx(frames / in_fps, abs=1 / out_fps)  # the duration is kept
     back = read_video(out).frames
     assert len(back) == expect
-    kept = 0
+    kept = coincide = 0
     for k in range(expect):  # where an output time is an input frame's time, that frame is kept
-        i = k * in_fps / 60
+        i = k * in_fps / out_fps
         if abs(i - round(i)) < 1e-6 and round(i) < frames:
-            assert np.array_equal(back[k], decoded[round(i)]), k
-            kept += 1
-    assert kept >= (2 if rate == "25" else 1)  # 23.976 and 60 fps share only t = 0 within 2 s
+            coincide += 1
+            kept += np.array_equal(back[k], decoded[round(i)])
+    # 23.976 -> 60 share only t = 0 within 2 s; 25 -> 60 every 0.2 s; 23.976 -> 59.94 every 5th output frame
+    assert kept == coincide == {"60": 1 if rate != "25" else 10, "59.94": 24}[target]
     # and between them the frames are new: not copies of either neighbour
     k = 1
     assert not np.array_equal(back[k], decoded[0]) and not np.array_equal(back[k], decoded[1])
+
+
+def test_frame_rates_as_people_write_them():
+    from mavcli.retime import parse_rate
+
+    assert parse_rate("60") == 60.0 and parse_rate("12.5") == 12.5
+    for text, n in (("23.976", 24), ("23.98", 24), ("29.97", 30), ("59.94", 60), ("59.940", 60), ("119.88", 120),
+                    ("60000/1001", 60)):
+        assert parse_rate(text) == n * 1000 / 1001, text
+    for bad in ("fast", "0", "-25", "1/0", "nan", "inf"):
+        r = run("missing.mp4", "--fps", bad)
+        assert r.exit_code == 2 and "--fps" in r.output, bad
 
 
 def test_variable_frame_rate_input_uses_its_timestamps(tmp_path):

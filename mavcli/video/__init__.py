@@ -33,7 +33,7 @@ every audio stream and the subtitles of another file (stream copy when the conta
 codec, else AAC for mp4/mov, Opus for webm, FLAC for mkv).
 """
 
-from mavcli.video.common import DEFAULT_FPS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, WRITE_FORMATS
+from mavcli.video.common import DEFAULT_FPS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, WRITE_FORMATS, exact_rate
 from mavcli.video.encoding import Colour, Encoding
 from mavcli.video.cuts import detect_scene_cuts
 from mavcli.video.read import FrameTimes, VideoClip, VideoInfo, frame_times, iter_video_frames, probe_video, read_video
@@ -50,6 +50,7 @@ __all__ = [
     "sidecar_path",
     "detect_scene_cuts",
     "frame_times",
+    "exact_rate",
     "FrameTimes",
     "Encoding",
     "Colour",

@@ -96,6 +96,19 @@ def _full_comment(path: Path) -> str | None:
 
 
 
+#: the rates of NTSC-derived video, N * 1000/1001, which ffmpeg's header and people round
+NTSC_BASES = (24, 30, 48, 60, 120, 240)
+
+
+def exact_rate(fps: float) -> float:
+    """`fps`, or N * 1000/1001 where `fps` is that rate rounded: ffmpeg's header states 24000/1001
+    as "23.98 fps", and 1/23.98 s per frame drifts 0.6 s from the real clock over an hour."""
+    for n in NTSC_BASES:
+        if abs(fps - n * 1000 / 1001) < 0.005:
+            return n * 1000 / 1001
+    return fps
+
+
 def _fps_arg(fps: float) -> str:
     return str(int(fps)) if float(fps).is_integer() else repr(float(fps))
 

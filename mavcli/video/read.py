@@ -24,6 +24,7 @@ from mavcli.video.common import (
     _ffmpeg_header,
     _header_reason,
     _header_metadata,
+    exact_rate,
 )
 
 
@@ -149,7 +150,7 @@ class _FileSource:
         ):
             self.w, self.h = size  # crop the padding mavcli added for yuv420p
         fps = float(meta.get("fps") or 0.0)
-        self.fps = fps if fps > 0 and math.isfinite(fps) else 0.0
+        self.fps = exact_rate(fps) if fps > 0 and math.isfinite(fps) else 0.0
         self.duration = float(meta.get("duration") or 0.0)
         self.codec = str(meta["codec"]).strip(" ,") if meta.get("codec") else None
         self.audio_codec = str(meta["audio_codec"]).strip(" ,") if meta.get("audio_codec") else None
