@@ -194,3 +194,18 @@ def test_latent_generation_is_reproducible(ours):
 def test_missing_extra_names_the_install_command():
     with pytest.raises(PackError, match=r'pip install "mavcli\[open-weights\]"'):
         layout.require_extra("diffusers_that_is_not_installed")
+
+
+def test_lazy_tensors_read_each_tensor_when_asked(tmp_path):
+    from safetensors.torch import save_file
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"x": torch.arange(6, dtype=torch.float16).reshape(2, 3), "n": torch.arange(3)}, a)
+    save_file({"y": torch.ones(4)}, b)
+    with layout.LazyTensors([a, b], torch.bfloat16) as t:
+        assert sorted(t) == ["n", "x", "y"] and len(t) == 3 and "y" in t and "z" not in t
+        assert t["x"].dtype == torch.bfloat16 and torch.equal(t["x"].float(), torch.arange(6.0).reshape(2, 3))
+        assert t["n"].dtype == torch.int64  # only floating-point tensors are cast
+    a.write_bytes(a.read_bytes()[:40])  # a damaged download
+    with pytest.raises(PackError, match="download it again"):
+        layout.LazyTensors([a, b])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,10 @@ def _convert(mapped: Mapped, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     return parts[0]
 
 
-def unet_from_diffusers(model: LatentUnet3D, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Fill `model` from a diffusers U-Net state dict; strict both ways, shapes checked."""
+def unet_from_diffusers(model: LatentUnet3D, tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Fill `model` from a diffusers U-Net state dict (or a `LazyTensors` over its files); strict
+    both ways, shapes checked. Each parameter is copied in as it is converted, so with lazy
+    tensors the peak memory is the model and one converted tensor, not the model twice."""
     own = model.state_dict()
     mapping = unet_key_map(model)
     used = {s for m in mapping.values() for s in m.sources}
@@ -214,14 +217,13 @@ def unet_from_diffusers(model: LatentUnet3D, tensors: dict[str, torch.Tensor], w
     if extra:
         raise PackError(f"{where}: tensors that map onto no part of the network: {extra[:5]}"
                         f"{' ...' if len(extra) > 5 else ''} ({len(extra)} in all)")
-    state = {}
-    for key, mapped in mapping.items():
-        value = _convert(mapped, tensors)
-        if value.shape != own[key].shape:
-            raise PackError(f"{where}: {', '.join(mapped.sources)} has shape {tuple(value.shape)}, "
-                            f"the network's {key} needs {tuple(own[key].shape)}")
-        state[key] = value
-    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        for key, mapped in mapping.items():
+            value = _convert(mapped, tensors)
+            if value.shape != own[key].shape:
+                raise PackError(f"{where}: {', '.join(mapped.sources)} has shape {tuple(value.shape)}, "
+                                f"the network's {key} needs {tuple(own[key].shape)}")
+            own[key].copy_(value)  # the state dict's tensors are the parameters themselves
 
 
 def unet_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -269,6 +271,48 @@ def weight_files(folder: Path, stem: str, variant: str | None) -> list[Path]:
     raise PackError(f"{folder}: no {stem}.safetensors (or .safetensors.index.json) found")
 
 
+class LazyTensors(Mapping[str, torch.Tensor]):
+    """The tensors of safetensors `files` by name, each read (and cast to `dtype`) only when
+    asked for: a model can then be filled one tensor at a time. Use as a context manager."""
+
+    def __init__(self, files: list[Path], dtype: torch.dtype | None = None) -> None:
+        self._dtype, self._handles, self._where = dtype, [], {}
+        try:
+            for path in files:
+                handle = safe_open(str(path), framework="pt")
+                self._handles.append(handle)
+                for key in handle.keys():
+                    self._where[key] = (handle, path)
+        except FileNotFoundError as err:
+            raise PackError(f"{err.filename or files} is missing") from None
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise PackError(f"{files} holds a file that is not readable safetensors ({err}); download it again") from None
+
+    def __enter__(self) -> LazyTensors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handles.clear()
+        self._where.clear()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        handle, path = self._where[key]
+        try:
+            t = handle.get_tensor(key)
+        except Exception as err:
+            raise PackError(f"{path} is not a readable safetensors file ({err}); download it again") from None
+        return t if self._dtype is None or not t.is_floating_point() else t.to(self._dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+
 def read_tensors(files: list[Path], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
@@ -291,8 +335,8 @@ def load_unet(folder: str | Path, *, variant: str | None = "fp16", dtype: torch.
     with torch.device("meta"):
         model = LatentUnet3D(config)
     model = model.to_empty(device="cpu").to(dtype)
-    tensors = read_tensors(weight_files(unet_dir, WEIGHT_NAMES["unet"], variant), dtype)
-    unet_from_diffusers(model, tensors, str(unet_dir))
+    with LazyTensors(weight_files(unet_dir, WEIGHT_NAMES["unet"], variant), dtype) as tensors:
+        unet_from_diffusers(model, tensors, str(unet_dir))
     return model.eval()
 
 
