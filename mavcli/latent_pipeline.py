@@ -13,6 +13,7 @@ The VAE and the text encoder come from diffusers and transformers (the optional 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,28 @@ class LatentVideo:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+#: the process before any pack is loaded: torch, the libraries, the tokenizer
+PROCESS_BYTES = int(0.6 * 2**30)
+#: activations of one guided U-Net step (the two branches as a batch of 2), bytes per latent
+#: position (frame x h/8 x w/8) per byte of the compute precision, for a U-Net of 320 channels at
+#: its top level (ModelScope, Zeroscope): `mav bench latent` peaks grew 46.5 KB per position in
+#: bfloat16 from 8 to 24 frames of 256x256 and fit 16 frames of 384x384 (docs/open-weights.md);
+#: 10% above
+_ACTIVATION_BYTES = 25_600
+
+
+def _parameter_count(files: list[Path]) -> int:
+    """Elements of every tensor in safetensors `files`, from their headers (nothing loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 where the hardware runs it natively (CUDA with bf16; CPUs with AVX512-BF16 or
     AMX), float32 otherwise: on other CPUs bfloat16 is emulated and slower than float32."""
@@ -79,6 +102,38 @@ class LatentVideoPipeline:
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling = float(vae.config.scaling_factor)
 
+    @staticmethod
+    def folder_settings(folder: str | Path) -> LatentSettings:
+        """The sampling defaults of the pack in `folder`: its U-Net's sample size sets the frame size."""
+        folder = Path(folder)
+        size = layout.read_json(folder / "unet" / "config.json").get("sample_size")
+        vae = layout.read_json(folder / "vae" / "config.json")
+        settings = LatentSettings()
+        if isinstance(size, int):
+            settings.height = settings.width = size * 2 ** (len(vae.get("block_out_channels", [64])) - 1)
+        return settings
+
+    @staticmethod
+    def estimate_memory(folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
+                        variant: str | None = "fp16", with_weights: bool = True) -> int:
+        """Bytes that generating `frames` frames of `height` x `width` with the pack in `folder`
+        takes on the CPU: its three networks in `dtype` (from the files' headers), and the
+        activations of one guided U-Net step, the largest of the cascade. Without
+        `with_weights`, the activations alone."""
+        folder = Path(folder)
+        unet = layout.read_json(folder / "unet" / "config.json")
+        vae = layout.read_json(folder / "vae" / "config.json")
+        factor = 2 ** (len(vae.get("block_out_channels", [64])) - 1)  # diffusers' default: one level
+        top = (unet.get("block_out_channels") or [320])[0]
+        item = torch.empty((), dtype=dtype).element_size()
+        positions = frames * (height // factor) * (width // factor)
+        need = _ACTIVATION_BYTES * item * positions * top / 320
+        if with_weights:
+            for part in ("unet", "vae", "text_encoder"):
+                files = layout.weight_files(folder / part, layout.WEIGHT_NAMES[part], variant)
+                need += _parameter_count(files) * item
+        return int(need)
+
     @classmethod
     def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                     variant: str | None = "fp16") -> LatentVideoPipeline:
@@ -91,13 +146,8 @@ class LatentVideoPipeline:
         vae = layout.load_vae(folder, variant=variant, dtype=dtype)
         text_encoder, tokenizer = layout.load_text_encoder(folder, variant=variant, dtype=dtype)
         schedule, _ = layout.load_schedule(folder)
-        size = layout.read_json(folder / "unet" / "config.json").get("sample_size")
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        settings = LatentSettings()
-        if isinstance(size, int):
-            settings.height = settings.width = size * factor
         return cls(unet, vae, text_encoder, tokenizer, schedule, path=folder, device=device, dtype=dtype,
-                   settings=settings)
+                   settings=cls.folder_settings(folder))
 
     # --- the parts -------------------------------------------------------------------------
 

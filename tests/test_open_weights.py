@@ -5,6 +5,7 @@ diffusers layout, strict loading, safetensors only, and the scheduler's maths.""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -209,3 +210,33 @@ def test_lazy_tensors_read_each_tensor_when_asked(tmp_path):
     a.write_bytes(a.read_bytes()[:40])  # a damaged download
     with pytest.raises(PackError, match="download it again"):
         layout.LazyTensors([a, b])
+
+
+def test_latent_generation_too_large_for_memory_is_refused_before_loading(reference, tmp_path, monkeypatch):
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+
+    folder = reference[1]
+    elements = 0
+    for part in ("unet", "vae", "text_encoder"):
+        for path in layout.weight_files(folder / part, layout.WEIGHT_NAMES[part], "fp16"):
+            with safe_open(str(path), framework="pt") as f:
+                elements += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    kw = dict(frames=16, height=64, width=64)
+    full = LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, **kw)
+    acts = LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, with_weights=False, **kw)
+    assert full - acts == 4 * elements  # the networks in float32, counted from the files' headers
+    assert LatentVideoPipeline.estimate_memory(folder, dtype=torch.bfloat16, with_weights=False, **kw) * 2 == acts
+    assert LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, with_weights=False,
+                                               frames=32, height=64, width=64) == 2 * acts  # linear in frames
+    monkeypatch.setattr("mavcli.runtime.available_memory", lambda: 2**20)
+    loaded = []
+    monkeypatch.setattr(LatentVideoPipeline, "from_folder", lambda *a, **k: loaded.append(a))
+    out = tmp_path / "fox.mp4"
+    r = CliRunner().invoke(app, ["generate", "a red fox", "--pack", str(folder), "--frames", "3", "--device", "cpu",
+                                 "--precision", "float32", "--out", str(out)])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "3 frames of" in text and "GiB of memory" in text and "--frames" in text
+    assert not loaded and not list(tmp_path.iterdir())

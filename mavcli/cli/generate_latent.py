@@ -52,14 +52,55 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return size
 
 
+def _placement(device: str, precision: str):
+    """(device, dtype) a latent pack runs in: auto precision is the pack's own choice (float16 on
+    GPUs without bfloat16 too)."""
+    from mavcli.latent_pipeline import compute_dtype
+    from mavcli.pipeline import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    return dev, compute_dtype(dev) if precision == "auto" else resolve_precision(precision, dev)
+
+
+def check_latent_memory(folder: Path, req: LatentRequest, up_folder: Path | None, available: int | None = None) -> None:
+    """Refuse, before any network is loaded, a CPU generation that would not fit in the memory
+    left: both packs' networks (the upscaler is loaded beside the first) and the larger of
+    their U-Net steps' activations."""
+    from mavcli.latent_pipeline import PROCESS_BYTES, LatentVideoPipeline as P
+    from mavcli.runtime import available_memory
+
+    dev, dtype = _placement(req.device, req.precision)
+    available = available_memory() if available is None else available
+    if dev.type != "cpu" or available is None:
+        return
+    s = P.folder_settings(folder)
+    frames, height, width = req.frames or s.frames, req.height or s.height, req.width or s.width
+    need = P.estimate_memory(folder, frames=frames, height=height, width=width, dtype=dtype)
+    what = f"{frames} frames of {width}x{height}"
+    if up_folder is not None:
+        u = P.folder_settings(up_folder)
+        uh, uw = req.upscale_size or (u.height, u.width)
+        uf = (frames - 1) * req.interp_factor + 1
+        first_act = P.estimate_memory(folder, frames=frames, height=height, width=width, dtype=dtype, with_weights=False)
+        up = P.estimate_memory(up_folder, frames=uf, height=uh, width=uw, dtype=dtype)
+        up_act = P.estimate_memory(up_folder, frames=uf, height=uh, width=uw, dtype=dtype, with_weights=False)
+        need = need - first_act + up - up_act + max(first_act, up_act)  # both packs' weights, one step at a time
+        what += f", upscaled as {uf} frames of {uw}x{uh}"
+    need += PROCESS_BYTES
+    if need <= available:
+        return
+    raise UserInputError(
+        f"{what} in {str(dtype).removeprefix('torch.')} need about {need / 2**30:.1f} GiB of memory and "
+        f"{available / 2**30:.1f} GiB is available; ask for fewer --frames or a smaller --height/--width"
+        f"{' or --upscale-size' if up_folder is not None else ''}, or free memory")
+
+
 def open_latent(pack: str | None, folder: Path, device: str, precision: str = "auto"):
     import torch
 
     from mavcli.latent_pipeline import LatentVideoPipeline
-    from mavcli.pipeline import resolve_device, resolve_precision
 
-    dev = resolve_device(device)
-    dtype = None if precision == "auto" else resolve_precision(precision, dev)  # auto: fp16 on old GPUs too
+    dev, dtype = _placement(device, precision)
     pipe = LatentVideoPipeline.from_folder(folder, device=dev, dtype=dtype)
     if pipe.dtype != torch.float32:
         console.info(f"computing in {str(pipe.dtype).removeprefix('torch.')} on {dev}")
@@ -108,14 +149,15 @@ def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: floa
     from mavcli.video import write_video
 
     t0 = time.perf_counter()
-    pipe = open_latent(pack, folder, req.device, req.precision)
-    upscaler = None
+    up_folder = None
     if req.upscale is not None:
         up_folder = latent_pack_folder(req.upscale, download=False, manifest=manifest)
         if up_folder is None:
             raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
                                  "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")
-        upscaler = open_latent(req.upscale, up_folder, req.device, req.precision)
+    check_latent_memory(folder, req, up_folder)
+    pipe = open_latent(pack, folder, req.device, req.precision)
+    upscaler = None if up_folder is None else open_latent(req.upscale, up_folder, req.device, req.precision)
     interp = open_flow_interpolator(None, req.device) if req.interp_factor > 1 else None
     load_s = time.perf_counter() - t0
     for i, ((text, seed), path) in enumerate(zip(req.jobs, req.paths)):
