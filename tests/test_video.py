@@ -369,3 +369,32 @@ def test_ntsc_rates_are_exact_so_long_videos_stay_constant_rate(tmp_path):
     assert not ft.variable and ft.fps == 24000 / 1001 and ft.duration == pytest.approx(80, abs=0.05)
     assert video.exact_rate(29.97) == 30000 / 1001 and video.exact_rate(59.94) == 60000 / 1001
     assert video.exact_rate(25.0) == 25.0 and video.exact_rate(24.0) == 24.0
+
+
+def test_the_largest_video_stream_is_read_not_a_cover_stored_first(tmp_path):
+    from mavcli.video.common import _ffmpeg_header
+    from mavcli.video.encoding import parse_stream
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    cover = tmp_path / "cover.png"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48",
+                    "-frames:v", "1", str(cover)], check=True)
+    # a one-frame full-range JPEG picture as stream 0, the film (limited range) as stream 1
+    src = tmp_path / "film.mkv"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(cover), "-f", "lavfi",
+                    "-i", "testsrc2=size=160x90:rate=25", "-map", "0:v", "-map", "1:v", "-t", "0.6",
+                    "-c:v:0", "mjpeg", "-c:v:1", "libx264", "-pix_fmt:v:1", "yuv420p", str(src)], check=True)
+    info = video.probe_video(src)
+    assert (info.stream, info.width, info.height, info.fps, info.codec) == (1, 160, 90, 25.0, "h264")
+    assert video.read_video(src).frames.shape == (15, 90, 160, 3)
+    ft = video.frame_times(src, 15)  # the film's packets, not the picture's one
+    assert not ft.variable and ft.duration == pytest.approx(0.6)
+    got = parse_stream(_ffmpeg_header(src))
+    assert got.pix_fmt == "yuv420p" and got.colour.range == "tv"  # not the JPEG's yuvj420p, full range
+    # audio with only a cover picture is not a video
+    song = tmp_path / "song.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine=duration=0.5",
+                    "-i", str(cover), "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "png",
+                    "-disposition:v:0", "attached_pic", str(song)], check=True)
+    with pytest.raises(UserInputError, match="only a cover picture"):
+        video.probe_video(song)

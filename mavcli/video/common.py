@@ -55,6 +55,23 @@ def _ffmpeg_header(path: Path) -> str:
     return proc.stderr.decode("utf-8", errors="replace")
 
 
+def video_stream(header: str) -> tuple[int, str] | None:
+    """The video stream mavcli reads, from ffmpeg's header text: (its index in the file, its
+    header line). The largest picture that is not a cover (an "attached pic"), the first of
+    equals; None when there is none. Reading, timestamps and the carried pixel format and
+    colour tags all take this one stream, so a cover picture stored first changes none of them."""
+    best: tuple[int, int, str] | None = None
+    for m in re.finditer(r"^\s*Stream #0:(\d+)\S*: Video: .*$", header, flags=re.MULTILINE):
+        line = m.group(0).strip()
+        if "(attached pic)" in line:
+            continue
+        size = re.search(r", (\d+)x(\d+)", line)
+        area = int(size.group(1)) * int(size.group(2)) if size else 0
+        if best is None or area > best[0]:
+            best = (area, int(m.group(1)), line)
+    return None if best is None else (best[1], best[2])
+
+
 def _header_reason(text: str) -> str:
     """The most telling line of a failed ffmpeg open, e.g. 'Invalid data found ...'."""
     for line in reversed(text.splitlines()):

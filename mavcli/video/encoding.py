@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from mavcli.errors import UserInputError
-from mavcli.video.common import _ffmpeg_exe
+from mavcli.video.common import _ffmpeg_exe, video_stream
 
 #: the codecs each container may hold (ffmpeg encoder names), the first one its default
 CONTAINER_CODECS: dict[str, tuple[str, ...]] = {
@@ -184,7 +184,7 @@ def _sar_filter(sar: tuple[int, int] | None) -> list[str]:
 
 @dataclass(frozen=True)
 class SourceStream:
-    """What `mav interpolate` carries from its input's first video stream: the pixel format,
+    """What `mav interpolate` carries from its input's video stream: the pixel format,
     the colour tags and the sample aspect ratio (None: not stated, or square pixels); and the
     field order of interlaced video ('top first', 'bottom first', ...; None: progressive or
     not stated)."""
@@ -196,14 +196,15 @@ class SourceStream:
 
 
 def parse_stream(header: str) -> SourceStream:
-    """The pixel format, colour tags and sample aspect ratio of the first video stream in
-    ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv, bt709, progressive), 720x480
+    """The pixel format, colour tags and sample aspect ratio of the video stream mavcli reads
+    (`video_stream`) in ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv, bt709, progressive), 720x480
     [SAR 32:27 DAR 16:9]' -> SourceStream('yuv420p', Colour('tv', 'bt709', 'bt709', 'bt709'),
     (32, 27))."""
-    m = re.search(r"Stream #\d+:\d+.*?: Video: [^,]+(?:\([^)]*\))*[^,]*, ([a-z0-9_]+)(\(([^)]*)\))?", header)
+    stream = video_stream(header)
+    m = None if stream is None else re.search(r": Video: [^,]+(?:\([^)]*\))*[^,]*, ([a-z0-9_]+)(\(([^)]*)\))?", stream[1])
     if not m:
         return SourceStream()
-    line = header[m.start():].split("\n", 1)[0]
+    line = stream[1]
     a = re.search(r"\bSAR (\d+):(\d+) DAR", line)  # "[SAR 32:27 DAR 16:9]", or unbracketed (mkv)
     sar = (int(a.group(1)), int(a.group(2))) if a and int(a.group(1)) > 0 and int(a.group(2)) > 0 else None
     if sar is not None and sar[0] == sar[1]:

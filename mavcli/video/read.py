@@ -25,6 +25,7 @@ from mavcli.video.common import (
     _header_reason,
     _header_metadata,
     exact_rate,
+    video_stream,
 )
 
 
@@ -84,6 +85,7 @@ class VideoInfo:
     audio_codec: str | None = None
     exact: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    stream: int | None = None  # the video stream's index in the file (None: a folder of frames)
 
 
 def _natural_key(p: Path) -> list[Any]:
@@ -120,10 +122,13 @@ class _FileSource:
             raise UserInputError(
                 f"{path} is not a video that can be read ({_header_reason(text)}); {_READABLE}"
             )
-        if not re.search(r"Stream #\d+:\d+.*: Video:", text):
-            raise UserInputError(f"{path} has no video stream (audio only?); {_READABLE}")
+        stream = video_stream(text)
+        if stream is None:
+            raise UserInputError(f"{path} has no video stream (audio only, or only a cover picture?); {_READABLE}")
+        self.stream, line = stream
         meta_json = _header_metadata(text, path)
-        output_params = ["-fps_mode", "passthrough"]  # one output frame per decoded frame
+        # that stream, not ffmpeg's own pick; one output frame per decoded frame
+        output_params = ["-map", f"0:{self.stream}", "-fps_mode", "passthrough"]
         if max_frames is not None:
             output_params += ["-frames:v", str(int(max_frames))]
         self._gen = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
@@ -149,10 +154,13 @@ class _FileSource:
             and 0 < size[1] <= self.src_h
         ):
             self.w, self.h = size  # crop the padding mavcli added for yuv420p
-        fps = float(meta.get("fps") or 0.0)
+        # imageio reads the rate and codec off the first video stream's line: take this stream's
+        rate = re.search(r", (\d+(?:\.\d+)?) fps", line) or re.search(r", (\d+(?:\.\d+)?) tbr", line)
+        fps = float(rate.group(1)) if rate else float(meta.get("fps") or 0.0)
         self.fps = exact_rate(fps) if fps > 0 and math.isfinite(fps) else 0.0
         self.duration = float(meta.get("duration") or 0.0)
-        self.codec = str(meta["codec"]).strip(" ,") if meta.get("codec") else None
+        codec = re.search(r"Video: ([A-Za-z0-9_]+)", line)
+        self.codec = codec.group(1) if codec else None
         self.audio_codec = str(meta["audio_codec"]).strip(" ,") if meta.get("audio_codec") else None
         self.has_audio = self.audio_codec is not None
         self.exact_count: int | None = None
@@ -319,6 +327,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = False) -> VideoInfo:
         audio_codec=src.audio_codec,
         exact=exact,
         metadata=src.metadata,
+        stream=src.stream,
     )
 
 
@@ -406,7 +415,7 @@ class FrameTimes:
 
 def packet_times(path: Path, stream: str = "v:0") -> tuple[list[float], float] | None:
     """Presentation times (sorted, from the first) of one stream's packets (``stream``: ffmpeg's
-    stream specifier, e.g. ``v:0`` or ``a:0``) and the end of the last one, read by ffmpeg
+    stream specifier, e.g. ``v:0``, ``a:0`` or an index) and the end of the last one, read by ffmpeg
     without decoding (``-c copy -f framemd5``); None if unknown."""
     try:
         proc = subprocess.run(
@@ -449,7 +458,7 @@ def frame_times(path: str | os.PathLike[str], count: int | None = None) -> Frame
     even = [i / fps for i in range(n)]
     if info.path.is_dir() or n < 2:
         return FrameTimes(even, n / fps, fps, False)
-    got = packet_times(info.path)
+    got = packet_times(info.path, "v:0" if info.stream is None else str(info.stream))
     if got is None or len(got[0]) != n:
         return FrameTimes(even, n / fps, fps, False)
     times, end = got
