@@ -283,6 +283,11 @@ def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
     assert parse_stream(_ffmpeg_header(plain)).sar is None
     assert parse_stream(_ffmpeg_header(plain)).field_order is None
     assert "interlaced" not in run(plain, "--out", tmp_path / "sq2.mp4").output
+    # 10-bit input keeps its format, and the note says the extra precision is not kept
+    deep = lavfi(tmp_path / "deep.mkv", rate="25", seconds=0.2, codec=("-c:v", "libx265", "-pix_fmt", "yuv420p10le"))
+    r = run(deep, "--out", tmp_path / "deep2.mkv")
+    assert r.exit_code == 0 and "10 bits per channel" in " ".join(r.output.split())
+    assert parse_stream(_ffmpeg_header(tmp_path / "deep2.mkv")).pix_fmt == "yuv420p10le"
     # interlaced input is interpolated as stored, with a note that says how to deinterlace
     woven = lavfi(tmp_path / "tff.mp4", rate="25", seconds=0.2, extra=("-vf", "setfield=tff", "-flags", "+ildct+ilme"))
     assert parse_stream(_ffmpeg_header(woven)).field_order == "top first"

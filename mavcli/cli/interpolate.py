@@ -5,6 +5,7 @@ masked-frame diffusion network F_i (Make-A-Video 3.3), for 2, 4 or 8 times the f
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -161,6 +162,10 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     enc = req.encoding
     if fmt != "png" and enc.colour == Colour():
         enc = replace(enc, colour=source.colour)
+    deep = re.search(r"p(9|10|12|14|16)(le|be)?$", source.pix_fmt or "")  # yuv420p10le, not nv12
+    if deep and fmt != "png":
+        notes.append(f"the input has {deep.group(1)} bits per channel ({source.pix_fmt}): frames pass through "
+                     "mavcli at 8, so the output keeps the format but not the extra precision")
     if source.field_order is not None:  # fields of two times woven into each frame comb where things move
         notes.append(f"the input is interlaced ({source.field_order}): its frames were interpolated as stored; "
                      "where they show combing, deinterlace first (ffmpeg -i in.mp4 -vf bwdif out.mp4)")
