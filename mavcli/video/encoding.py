@@ -163,8 +163,8 @@ def choose_encoder(fmt: str, enc: Encoding, source_pix_fmt: str | None = None) -
     if matrix is not None:  # convert with the matrix the tag names, so players decode what was meant
         filters.insert(0, f"scale=out_color_matrix={matrix}:out_range={'full' if c.range == 'pc' else 'limited'}")
         args += ["-colorspace", str(c.space)]
-    # the encoder takes primaries and transfer from the frames' own properties: ffmpeg 7's
-    # -color_primaries / -color_trc output options are not applied to frames a filter made
+    # primaries and transfer are tagged on the frames themselves: the -color_primaries and
+    # -color_trc output options of the ffmpeg imageio-ffmpeg ships (9.0) never reach the stream
     params = [f"{k}={v}" for k, v in (("color_primaries", c.primaries), ("color_trc", c.transfer)) if v]
     if params:
         filters.append("setparams=" + ":".join(params))
@@ -196,10 +196,10 @@ class SourceStream:
 
 
 def parse_stream(header: str) -> SourceStream:
-    """The pixel format, colour tags and sample aspect ratio of the video stream mavcli reads
-    (`video_stream`) in ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv, bt709, progressive), 720x480
-    [SAR 32:27 DAR 16:9]' -> SourceStream('yuv420p', Colour('tv', 'bt709', 'bt709', 'bt709'),
-    (32, 27))."""
+    """The pixel format, colour tags, sample aspect ratio and field order of the video stream
+    mavcli reads (`video_stream`) in ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv,
+    bt709, progressive), 720x480 [SAR 32:27 DAR 16:9]' -> SourceStream('yuv420p', Colour('tv',
+    'bt709', 'bt709', 'bt709'), (32, 27), None)."""
     stream = video_stream(header)
     m = None if stream is None else re.search(r": Video: [^,]+(?:\([^)]*\))*[^,]*, ([a-z0-9_]+)(\(([^)]*)\))?", stream[1])
     if not m:
