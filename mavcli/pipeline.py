@@ -486,6 +486,33 @@ class MakeAVideoPipeline:
         per_key = 3 * s.keyframe_size**2 * self._BYTES_PER_KEYFRAME
         return self._BYTES_FIXED + out_frames * per_frame + n * num_keyframes * per_key
 
+    # `mav interpolate --method diffusion` on real footage: peak RSS grew 7.8-9.1 KB per pixel
+    # for 6 input frames (11 frames in flight) at 320x180, 455x256 and 640x360 with the shapes
+    # pack (docs/evaluation.md), about 850 bytes per pixel of each frame in flight (10% above),
+    # over the 0.55 GiB such a process holds for a 64x48 clip
+    _BYTES_PER_INTERP_PIXEL = 930
+    _BYTES_INTERP_FIXED = 600 * 2**20
+
+    @classmethod
+    def check_interpolate_memory(cls, width: int, height: int, frames: int, factor: int, chunk: int,
+                                 available: int | None = None) -> None:
+        """Refuse (UserInputError) F_i on real frames of `width` x `height` whose chunks of
+        `chunk` input frames (`frames` in all) would not fit in the memory left on the CPU,
+        naming the largest chunk that would."""
+        from mavcli.runtime import available_memory
+
+        available = available_memory() if available is None else available
+        held = min(chunk, max(frames, 2))
+        per_input = factor * width * height * cls._BYTES_PER_INTERP_PIXEL  # each input frame brings `factor` frames
+        need = cls._BYTES_INTERP_FIXED + ((held - 1) * factor + 1) * width * height * cls._BYTES_PER_INTERP_PIXEL
+        if available is None or need <= available:
+            return
+        most = int((available - cls._BYTES_INTERP_FIXED - width * height * cls._BYTES_PER_INTERP_PIXEL) // per_input) + 1
+        hint = (f"--chunk {most} fits" if most >= 3 else "even --chunk 3 does not fit; scale the video down first "
+                "(ffmpeg -vf scale=-2:256), or use the default --method flow")
+        raise UserInputError(f"F_i on {width}x{height} frames, {held} input frames at a time, needs about "
+                             f"{need / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB is available; {hint}")
+
     def check_memory(self, num_keyframes: int, frame_skip: int | None = None, candidates: int | None = None,
                      available: int | None = None) -> None:
         """Refuse (UserInputError) a request that would not fit in the memory this process has

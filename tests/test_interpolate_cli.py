@@ -310,4 +310,22 @@ def test_frames_too_large_for_memory_are_refused_before_any_work(tmp_path, monke
     monkeypatch.setattr("mavcli.runtime.available_memory", lambda: 1000)
     r = run(src, "--out", tmp_path / "o.mp4", "--device", "cpu")
     assert r.exit_code == 2 and "64x48 frames needs about" in " ".join(r.output.split())
+    r = run(src, "--out", tmp_path / "o.mp4", "--device", "cpu", "--method", "diffusion")
+    assert r.exit_code == 2 and "F_i on 64x48 frames" in " ".join(r.output.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_diffusion_interpolation_too_large_for_memory_names_the_chunk_that_fits():
+    from mavcli.errors import UserInputError
+    from mavcli.pipeline import MakeAVideoPipeline as P
+
+    gib = 2**30
+    P.check_interpolate_memory(455, 256, 300, 2, 9, available=3 * gib)  # ~2.4 GiB: fits
+    with pytest.raises(UserInputError, match=r"1920x1080 frames, 9 input frames at a time, needs about 31\.\d GiB") as e:
+        P.check_interpolate_memory(1920, 1080, 300, 2, 9, available=16 * gib)
+    most = int(str(e.value).split("--chunk ")[1].split()[0])
+    assert 3 <= most < 9
+    P.check_interpolate_memory(1920, 1080, 300, 2, most, available=16 * gib)  # the chunk it names fits
+    with pytest.raises(UserInputError, match="even --chunk 3 does not fit"):
+        P.check_interpolate_memory(3840, 2160, 300, 2, 9, available=8 * gib)
+    P.check_interpolate_memory(1920, 1080, 4, 2, 9, available=16 * gib)  # a 4-frame clip holds only 4

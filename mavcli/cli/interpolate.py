@@ -107,6 +107,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
     across the files of a batch."""
     from mavcli.interpolator import MIN_SIDE, FlowInterpolator
+    from mavcli.pipeline import MakeAVideoPipeline, resolve_device
     from mavcli.retime import plan_pairs, retiming
     from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
     from mavcli.video.common import _ffmpeg_header
@@ -118,6 +119,8 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                              f"{MIN_SIDE}x{MIN_SIDE} pixels (scale it up first, e.g. ffmpeg -vf scale=-2:{MIN_SIDE * 4})")
     if req.method == "flow" and flow_device(device) == "cpu":  # before the video is decoded
         FlowInterpolator.check_memory(info.width, info.height)
+    elif req.method == "diffusion" and resolve_device(device).type == "cpu":
+        MakeAVideoPipeline.check_interpolate_memory(info.width, info.height, info.num_frames, req.factor or 2, req.chunk)
     t0 = time.perf_counter()
     count = 0
 
