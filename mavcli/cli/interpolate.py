@@ -244,8 +244,9 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use, less those other processes keep busy)."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
     ) -> None:
-        """Write a video with more frames: same size, any target fps, audio kept in sync, scene
-        cuts never blended across. A folder of videos is processed file by file."""
+        """Write a video with more frames: any target fps, audio kept in sync.
+
+        Same size, scene cuts never blended across; a folder of videos is processed file by file."""
         console.set_quiet(quiet)
         with console.user_errors():
             from mavcli.video import Encoding, IMAGE_SUFFIXES
