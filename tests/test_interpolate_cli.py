@@ -288,6 +288,12 @@ def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
     r = run(deep, "--out", tmp_path / "deep2.mkv")
     assert r.exit_code == 0 and "10 bits per channel" in " ".join(r.output.split())
     assert parse_stream(_ffmpeg_header(tmp_path / "deep2.mkv")).pix_fmt == "yuv420p10le"
+    # transparency cannot pass through RGB frames: the note says the output is opaque
+    clear = lavfi(tmp_path / "alpha.mov", rate="25", seconds=0.2, extra=("-vf", "format=rgba"),
+                  codec=("-c:v", "qtrle"))
+    assert parse_stream(_ffmpeg_header(clear)).pix_fmt == "argb"
+    r = run(clear, "--out", tmp_path / "alpha2.mkv")
+    assert r.exit_code == 0 and "alpha channel (argb)" in " ".join(r.output.split())
     # interlaced input is interpolated as stored, with a note that says how to deinterlace
     woven = lavfi(tmp_path / "tff.mp4", rate="25", seconds=0.2, extra=("-vf", "setfield=tff", "-flags", "+ildct+ilme"))
     assert parse_stream(_ffmpeg_header(woven)).field_order == "top first"

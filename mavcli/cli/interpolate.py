@@ -169,6 +169,9 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     if deep and fmt != "png":
         notes.append(f"the input has {deep.group(1)} bits per channel ({source.pix_fmt}): frames pass through "
                      "mavcli at 8, so the output keeps the format but not the extra precision")
+    if re.match(r"(yuva|gbrap|rgba|bgra|argb|abgr|ya\d)", source.pix_fmt or ""):
+        notes.append(f"the input has an alpha channel ({source.pix_fmt}): frames pass through mavcli as RGB, "
+                     "so the output is opaque")
     if source.field_order is not None:  # fields of two times woven into each frame comb where things move
         notes.append(f"the input is interlaced ({source.field_order}): its frames were interpolated as stored; "
                      "where they show combing, deinterlace first (ffmpeg -i in.mp4 -vf bwdif out.mp4)")
