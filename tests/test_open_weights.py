@@ -240,3 +240,33 @@ def test_latent_generation_too_large_for_memory_is_refused_before_loading(refere
     text = " ".join(r.output.split())
     assert r.exit_code == 2 and "3 frames of" in text and "GiB of memory" in text and "--frames" in text
     assert not loaded and not list(tmp_path.iterdir())
+
+
+def test_guidance_branches_run_one_after_the_other_when_memory_is_short(reference, ours, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+    from mavcli.latent_pipeline import PROCESS_BYTES
+
+    # the same latents either way: the batch of 2 is two independent branches
+    kw = dict(seed=3, frames=2, steps=2, guidance=7.5)
+    batched = ours.keyframes("a red fox", **kw)
+    ours.settings.guidance_batch = False
+    try:
+        apart = ours.keyframes("a red fox", **kw)
+    finally:
+        ours.settings.guidance_batch = True
+    _close(batched, apart, 1e-5)
+    # a budget between the two: the CLI runs the branches apart and says so
+    folder = reference[1]
+    s = LatentVideoPipeline.folder_settings(folder)
+    size = dict(frames=3, height=s.height, width=s.width, dtype=torch.float32)
+    full = LatentVideoPipeline.estimate_memory(folder, **size)
+    half = LatentVideoPipeline.estimate_memory(folder, guidance_batch=False, **size)
+    assert half < full
+    monkeypatch.setattr("mavcli.runtime.available_memory", lambda: PROCESS_BYTES + half)
+    out = tmp_path / "fox.mp4"
+    r = CliRunner().invoke(app, ["generate", "a red fox", "--pack", str(folder), "--frames", "3", "--steps", "2",
+                                 "--device", "cpu", "--precision", "float32", "--interp-factor", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "run one after the other" in " ".join(r.output.split()) and out.is_file()

@@ -62,35 +62,41 @@ def _placement(device: str, precision: str):
     return dev, compute_dtype(dev) if precision == "auto" else resolve_precision(precision, dev)
 
 
-def check_latent_memory(folder: Path, req: LatentRequest, up_folder: Path | None, available: int | None = None) -> None:
-    """Refuse, before any network is loaded, a CPU generation that would not fit in the memory
-    left: both packs' networks (the upscaler is loaded beside the first) and the larger of
-    their U-Net steps' activations."""
+def check_latent_memory(folder: Path, req: LatentRequest, up_folder: Path | None, available: int | None = None) -> bool:
+    """Before any network is loaded: whether a CPU generation fits in the memory left with the
+    two guidance branches as one batch (True), or only one after the other (False), counting
+    both packs' networks (the upscaler is loaded beside the first) and the larger of their U-Net
+    steps' activations. Refuses (UserInputError) a request that fits neither way."""
     from mavcli.latent_pipeline import PROCESS_BYTES, LatentVideoPipeline as P
     from mavcli.runtime import available_memory
 
     dev, dtype = _placement(req.device, req.precision)
     available = available_memory() if available is None else available
     if dev.type != "cpu" or available is None:
-        return
+        return True
     s = P.folder_settings(folder)
-    frames, height, width = req.frames or s.frames, req.height or s.height, req.width or s.width
-    need = P.estimate_memory(folder, frames=frames, height=height, width=width, dtype=dtype)
-    what = f"{frames} frames of {width}x{height}"
+    jobs = [(folder, req.frames or s.frames, req.height or s.height, req.width or s.width)]
+    what = f"{jobs[0][1]} frames of {jobs[0][3]}x{jobs[0][2]}"
     if up_folder is not None:
         u = P.folder_settings(up_folder)
         uh, uw = req.upscale_size or (u.height, u.width)
-        uf = (frames - 1) * req.interp_factor + 1
-        first_act = P.estimate_memory(folder, frames=frames, height=height, width=width, dtype=dtype, with_weights=False)
-        up = P.estimate_memory(up_folder, frames=uf, height=uh, width=uw, dtype=dtype)
-        up_act = P.estimate_memory(up_folder, frames=uf, height=uh, width=uw, dtype=dtype, with_weights=False)
-        need = need - first_act + up - up_act + max(first_act, up_act)  # both packs' weights, one step at a time
-        what += f", upscaled as {uf} frames of {uw}x{uh}"
-    need += PROCESS_BYTES
-    if need <= available:
-        return
+        jobs.append((up_folder, (jobs[0][1] - 1) * req.interp_factor + 1, uh, uw))
+        what += f", upscaled as {jobs[1][1]} frames of {uw}x{uh}"
+
+    def need(batch: bool) -> int:  # every network loaded, one U-Net step running at a time
+        weights = sum(P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype)
+                      - P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype, with_weights=False)
+                      for f, n, h, w in jobs)
+        steps = max(P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype, with_weights=False,
+                                      guidance_batch=batch) for f, n, h, w in jobs)
+        return PROCESS_BYTES + weights + steps
+
+    if need(True) <= available:
+        return True
+    if need(False) <= available:
+        return False
     raise UserInputError(
-        f"{what} in {str(dtype).removeprefix('torch.')} need about {need / 2**30:.1f} GiB of memory and "
+        f"{what} in {str(dtype).removeprefix('torch.')} need about {need(False) / 2**30:.1f} GiB of memory and "
         f"{available / 2**30:.1f} GiB is available; ask for fewer --frames or a smaller --height/--width"
         f"{' or --upscale-size' if up_folder is not None else ''}, or free memory")
 
@@ -155,9 +161,15 @@ def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: floa
         if up_folder is None:
             raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
                                  "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")
-    check_latent_memory(folder, req, up_folder)
+    batch = check_latent_memory(folder, req, up_folder)
     pipe = open_latent(pack, folder, req.device, req.precision)
     upscaler = None if up_folder is None else open_latent(req.upscale, up_folder, req.device, req.precision)
+    if not batch:
+        console.info("memory is short: the guided and unguided U-Net passes run one after the other "
+                     "(half the activations, about 7% slower)")
+        for p in (pipe, upscaler):
+            if p is not None:
+                p.settings.guidance_batch = False
     interp = open_flow_interpolator(None, req.device) if req.interp_factor > 1 else None
     load_s = time.perf_counter() - t0
     for i, ((text, seed), path) in enumerate(zip(req.jobs, req.paths)):
