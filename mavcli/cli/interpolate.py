@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from mavcli.cli import console
 from mavcli.cli.loading import check_precision, flow_device, open_pipeline, set_threads
 from mavcli.errors import MavError, UserInputError
+
+if TYPE_CHECKING:  # the video layer loads on demand: `mav --help` stays fast
+    from mavcli.video.encoding import Encoding, SourceStream
 
 DIFFUSION_FACTORS = (2, 4, 8)
 AUDIO_MODES = ("auto", "copy", "drop", "stretch")
@@ -102,6 +105,33 @@ def _out_format(out: Path) -> str:
     return _resolve_format(out, None)
 
 
+def _carried(source: SourceStream, enc: Encoding, fmt: str, size: tuple[int, int]) -> tuple[Encoding, list[str]]:
+    """`enc` with what the output keeps of the input's video stream: colour tags and pixel
+    aspect ratio; and notes on what it cannot keep."""
+    from mavcli.video.encoding import Colour
+
+    notes = []
+    if fmt != "png" and enc.colour == Colour():
+        enc = replace(enc, colour=source.colour)
+    deep = re.search(r"p(9|10|12|14|16)(le|be)?$", source.pix_fmt or "")  # yuv420p10le, not nv12
+    if deep and fmt != "png":
+        notes.append(f"the input has {deep.group(1)} bits per channel ({source.pix_fmt}): frames pass through "
+                     "mavcli at 8, so the output keeps the format but not the extra precision")
+    if re.match(r"(yuva|gbrap|rgba|bgra|argb|abgr|ya\d)", source.pix_fmt or ""):
+        notes.append(f"the input has an alpha channel ({source.pix_fmt}): frames pass through mavcli as RGB, "
+                     "so the output is opaque")
+    if source.field_order is not None:  # fields of two times woven into each frame comb where things move
+        notes.append(f"the input is interlaced ({source.field_order}): its frames were interpolated as stored; "
+                     "where they show combing, deinterlace first (ffmpeg -i in.mp4 -vf bwdif out.mp4)")
+    if source.sar is not None:
+        if fmt in ("gif", "png"):
+            notes.append(f"the input's pixels are not square (SAR {source.sar[0]}:{source.sar[1]}); {fmt} output keeps "
+                         f"its {size[0]}x{size[1]} pixels, which show stretched (mp4, mov, mkv and webm keep the SAR)")
+        else:
+            enc = replace(enc, sar=source.sar)
+    return enc, notes
+
+
 def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, device: str,
                     progress: Progress, task: TaskID, cache: dict) -> str:
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
@@ -111,7 +141,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     from mavcli.retime import plan_pairs, retiming
     from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
     from mavcli.video.common import _ffmpeg_header
-    from mavcli.video.encoding import Colour, SourceStream, parse_stream
+    from mavcli.video.encoding import SourceStream, parse_stream
 
     info = probe_video(input)  # clear errors for missing / unreadable / non-video input
     if min(info.width, info.height) < MIN_SIDE:
@@ -162,25 +192,8 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
         else:
             audio_from = input
     source = parse_stream(_ffmpeg_header(input)) if input.is_file() else SourceStream()
-    enc = req.encoding
-    if fmt != "png" and enc.colour == Colour():
-        enc = replace(enc, colour=source.colour)
-    deep = re.search(r"p(9|10|12|14|16)(le|be)?$", source.pix_fmt or "")  # yuv420p10le, not nv12
-    if deep and fmt != "png":
-        notes.append(f"the input has {deep.group(1)} bits per channel ({source.pix_fmt}): frames pass through "
-                     "mavcli at 8, so the output keeps the format but not the extra precision")
-    if re.match(r"(yuva|gbrap|rgba|bgra|argb|abgr|ya\d)", source.pix_fmt or ""):
-        notes.append(f"the input has an alpha channel ({source.pix_fmt}): frames pass through mavcli as RGB, "
-                     "so the output is opaque")
-    if source.field_order is not None:  # fields of two times woven into each frame comb where things move
-        notes.append(f"the input is interlaced ({source.field_order}): its frames were interpolated as stored; "
-                     "where they show combing, deinterlace first (ffmpeg -i in.mp4 -vf bwdif out.mp4)")
-    if source.sar is not None:
-        if fmt in ("gif", "png"):
-            notes.append(f"the input's pixels are not square (SAR {source.sar[0]}:{source.sar[1]}); {fmt} output keeps "
-                         f"its {info.width}x{info.height} pixels, which show stretched (mp4, mov, mkv and webm keep the SAR)")
-        else:
-            enc = replace(enc, sar=source.sar)
+    enc, carried_notes = _carried(source, req.encoding, fmt, (info.width, info.height))
+    notes += carried_notes
 
     if req.method == "flow":
         if "flow" not in cache:
