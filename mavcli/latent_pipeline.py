@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mavcli.diffusion.discrete import DiscreteSchedule, add_noise, sample_ddim_discrete
+from mavcli.diffusion.discrete import DiscreteSchedule, add_noise, sample_ddim_discrete, sample_dpmpp_discrete
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.latent_unet import LatentUnet3D
 from mavcli.weights import diffusers_layout as layout
@@ -32,6 +32,7 @@ from mavcli.runtime import cpu_has_native_bf16
 
 ProgressCallback = Callable[[str, int, int], None]
 LATENT_STAGES = ("keyframes", "vae_decode", "interpolation", "upscale")
+LATENT_SAMPLERS = ("ddim", "dpmpp")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class LatentSettings:
     fps: float = 8.0
     steps: int = 50
     guidance: float = 9.0
+    sampler: str = "ddim"  # the repositories' own scheduler; "dpmpp": DPM-Solver++(2M)
+    # DPM-Solver++'s steps when none are asked for: diffusers' documented recipe for these
+    # models (text-to-video-ms-1.7b with DPMSolverMultistepScheduler, num_inference_steps=25)
+    dpmpp_steps: int = 25
     upscale_strength: float = 0.6
     vae_batch: int = 4  # frames per VAE call: bounds the decoder's memory
     # the guided and unguided U-Net branches as one batch of 2; False runs them one after the
@@ -187,13 +192,19 @@ class LatentVideoPipeline:
     @torch.inference_mode()
     def keyframes(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, frames: int | None = None,
                   height: int | None = None, width: int | None = None, steps: int | None = None,
-                  guidance: float | None = None, latents: torch.Tensor | None = None,
+                  guidance: float | None = None, latents: torch.Tensor | None = None, sampler: str | None = None,
                   callback: ProgressCallback | None = None) -> torch.Tensor:
-        """D^t: latents `(1, c, f, h/8, w/8)` sampled from seed-drawn noise (or the given `latents`)."""
+        """D^t: latents `(1, c, f, h/8, w/8)` sampled from seed-drawn noise (or the given `latents`)
+        with `sampler`: "ddim" (deterministic DDIM, what the repositories ship) or "dpmpp"
+        (DPM-Solver++(2M), as diffusers' DPMSolverMultistepScheduler loaded from their config)."""
         s = self.settings
         frames, height, width = frames or s.frames, height or s.height, width or s.width
         self._check_size(height, width, frames)
-        steps, guidance = steps or s.steps, s.guidance if guidance is None else guidance
+        sampler = sampler or s.sampler
+        if sampler not in LATENT_SAMPLERS:
+            raise UserInputError(f"sampler {sampler!r} is not one of {', '.join(LATENT_SAMPLERS)} for latent packs")
+        steps = steps or (s.dpmpp_steps if sampler == "dpmpp" else s.steps)
+        guidance = s.guidance if guidance is None else guidance
         if latents is None:
             shape = (1, self.unet.config.in_channels, frames, height // self.vae_factor, width // self.vae_factor)
             latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
@@ -201,7 +212,8 @@ class LatentVideoPipeline:
         uncond = self.encode_prompt([negative_prompt])
         model = self._denoiser(context, uncond, guidance)
         cb = (lambda i, n: callback("keyframes", i, n)) if callback else None
-        return sample_ddim_discrete(model, latents.to(self.device, self.dtype), steps, schedule=self.schedule, callback=cb)
+        run = sample_dpmpp_discrete if sampler == "dpmpp" else sample_ddim_discrete
+        return run(model, latents.to(self.device, self.dtype), steps, schedule=self.schedule, callback=cb)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, callback: ProgressCallback | None = None) -> torch.Tensor:
@@ -247,7 +259,7 @@ class LatentVideoPipeline:
 
     def __call__(self, prompt: str, *, negative_prompt: str = "", seed: int = 0, frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,
-                 guidance: float | None = None, interpolator=None, factor: int = 1,
+                 guidance: float | None = None, sampler: str | None = None, interpolator=None, factor: int = 1,
                  upscaler: LatentVideoPipeline | None = None, upscale_size: tuple[int, int] | None = None,
                  upscale_steps: int | None = None, upscale_strength: float | None = None,
                  callback: ProgressCallback | None = None) -> LatentVideo:
@@ -263,7 +275,8 @@ class LatentVideoPipeline:
             return out
 
         latents = timed("keyframes", self.keyframes, prompt, negative_prompt=negative_prompt, seed=seed,
-                        frames=frames, height=height, width=width, steps=steps, guidance=guidance, callback=callback)
+                        frames=frames, height=height, width=width, steps=steps, guidance=guidance, sampler=sampler,
+                        callback=callback)
         video = timed("vae_decode", self.decode, latents, callback)
         frames_u8 = to_uint8(video)
         fps = self.settings.fps
@@ -305,5 +318,5 @@ def expected_seconds(step_s: float, steps: int, guidance: float) -> float:
     return step_s * steps * (2 if guidance != 1.0 else 1)
 
 
-__all__ = ["LATENT_STAGES", "LatentSettings", "LatentVideo", "LatentVideoPipeline", "compute_dtype",
+__all__ = ["LATENT_SAMPLERS", "LATENT_STAGES", "LatentSettings", "LatentVideo", "LatentVideoPipeline", "compute_dtype",
            "expected_seconds", "to_uint8"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,45 @@ def test_sampling_loop_equals_text_to_video_pipeline(reference, ours, guidance):
     _close(expect, got)
 
 
+@pytest.mark.parametrize(("guidance", "steps"), [(1.0, 4), (7.5, 4), (7.5, 20)])
+def test_dpm_solver_equals_text_to_video_pipeline_with_dpm_solver_multistep(reference, ours, guidance, steps):
+    from diffusers import DPMSolverMultistepScheduler
+
+    from diffusers import DDIMScheduler
+
+    ref, folder = reference
+    ddim = ref.scheduler
+    # diffusers' own recipe for these models, on the scheduler as loaded from the repository
+    ref.scheduler = DPMSolverMultistepScheduler.from_config(DDIMScheduler.from_pretrained(folder / "scheduler").config)
+    try:
+        lat = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            expect = ref(prompt="a red fox", negative_prompt="blurry", num_inference_steps=steps, guidance_scale=guidance,
+                         latents=lat.clone(), num_frames=3, height=16, width=16, output_type="latent").frames
+    finally:
+        ref.scheduler = ddim
+    got = ours.keyframes("a red fox", negative_prompt="blurry", latents=lat.clone(), steps=steps, guidance=guidance,
+                         frames=3, height=16, width=16, sampler="dpmpp")
+    _close(expect, got)
+    ddim_latents = ours.keyframes("a red fox", negative_prompt="blurry", latents=lat.clone(), steps=steps,
+                                  guidance=guidance, frames=3, height=16, width=16)
+    assert (ddim_latents - got).abs().max() > 1e-3  # a different sampler, not DDIM again
+
+
+def test_multistep_timesteps_follow_diffusers():
+    from diffusers import DPMSolverMultistepScheduler
+
+    from mavcli.diffusion.discrete import multistep_timesteps
+
+    args = {k: v for k, v in SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}
+    for spacing in ("leading", "trailing", "linspace"):
+        for steps in (1, 7, 25, 50):
+            ref = DPMSolverMultistepScheduler(**args, timestep_spacing=spacing)
+            ref.set_timesteps(steps)
+            ours = DiscreteSchedule(**SCHEDULER, multistep_spacing=spacing)
+            assert multistep_timesteps(ours, steps) == ref.timesteps.tolist(), (spacing, steps)
+
+
 def test_schedule_timesteps_follow_diffusers():
     from diffusers import DDIMScheduler
 
@@ -102,10 +142,19 @@ def test_schedule_timesteps_follow_diffusers():
     assert torch.allclose(ours.alphas_cumprod(), ref.alphas_cumprod, rtol=1e-5, atol=1e-7)
 
 
-def test_scheduler_config_is_read(reference):
+def test_scheduler_config_is_read(reference, tmp_path):
     schedule, cls = layout.load_schedule(reference[1])
     assert cls == "DDIMScheduler"
     assert (schedule.steps_offset, schedule.set_alpha_to_one, schedule.beta_schedule) == (1, False, "scaled_linear")
+    assert schedule.multistep_spacing == schedule.timestep_spacing == "leading"  # the file states it
+    # ModelScope's file (diffusers 0.15) states no spacing: DDIM's default is "leading", the
+    # multistep scheduler's "linspace"
+    cfg = json.loads((reference[1] / "scheduler" / "scheduler_config.json").read_text())
+    cfg.pop("timestep_spacing")
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    schedule, _ = layout.load_schedule(tmp_path)
+    assert (schedule.timestep_spacing, schedule.multistep_spacing) == ("leading", "linspace")
 
 
 def _copy(folder, tmp_path):
@@ -182,6 +231,14 @@ def test_generate_cli_runs_the_whole_latent_cascade(reference, tmp_path):
     bad = CliRunner().invoke(app, ["generate", "a red fox", "--pack", folder, "--candidates", "2",
                                    "--out", str(tmp_path / "x.mp4")])
     assert bad.exit_code == 2 and "--candidates" in bad.output
+    dpm = tmp_path / "dpm.mp4"
+    result = CliRunner().invoke(app, ["generate", "a red fox", "--pack", folder, "--sampler", "dpmpp", "--steps", "2",
+                                      "--frames", "3", "--interp-factor", "1", "--out", str(dpm)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path(f"{dpm}.json").read_text())["sampler"] == "dpmpp"
+    bad = CliRunner().invoke(app, ["generate", "a red fox", "--pack", folder, "--sampler", "ddpm",
+                                   "--out", str(tmp_path / "y.mp4")])
+    assert bad.exit_code == 2 and "ddim or dpmpp" in bad.output
 
 
 def test_latent_generation_is_reproducible(ours):

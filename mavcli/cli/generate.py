@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         select_at: list[float] = typer.Option([], "--select-at", help="Rank the keyframe candidates on the noisy clips at this diffusion time, keeping the better half (the best at the last time given); repeat for several; 0: rank the finished clips (default: the pack's)."),
         frames: Optional[int] = typer.Option(None, help="Frames in the video (default: the pack's, e.g. 29)."),
         fps: Optional[float] = typer.Option(None, help="Frames per second of the video (default: the pack's)."),
-        sampler: Optional[str] = typer.Option(None, help="dpmpp, ddim or ddpm for every stage (default: the pack's, per stage)."),
+        sampler: Optional[str] = typer.Option(None, help="dpmpp, ddim or ddpm for every stage (default: the pack's, per stage); a latent pack's D^t: ddim (default) or dpmpp (25 steps unless --steps)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or folder for --format png / several videos)."),
         fmt: str = typer.Option("mp4", "--format", "-f", help="mp4, gif, webm, or png (a folder of frames)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -160,8 +160,7 @@ def register(app: typer.Typer) -> None:
             latent_opts = {"--negative-prompt": negative_prompt or None, "--height": height, "--width": width,
                            "--upscale": upscale, "--upscale-size": upscale_size, "--upscale-strength": upscale_strength,
                            "--interp-factor": None if interp_factor == 2 else interp_factor}
-            shapes_opts = {"--candidates": candidates, "--matcher-guidance": matcher_guidance, "--select-at": select_at or None, "--fps": fps,
-                           "--sampler": None if sampler in (None, "ddim") else sampler}
+            shapes_opts = {"--candidates": candidates, "--matcher-guidance": matcher_guidance, "--select-at": select_at or None, "--fps": fps}
             wrong = [k for k, v in (shapes_opts if latent is not None else latent_opts).items() if v is not None]
             if wrong:
                 kind = "a latent pack (ModelScope / Zeroscope)" if latent is not None else "the shapes cascade"
@@ -186,9 +185,13 @@ def register(app: typer.Typer) -> None:
             if latent is not None:
                 from mavcli.cli.generate_latent import LatentRequest, parse_size, run_latent
 
+                from mavcli.latent_pipeline import LATENT_SAMPLERS
+
+                if sampler is not None and sampler not in LATENT_SAMPLERS:
+                    raise UserInputError(f"--sampler {sampler}: a latent pack samples with {' or '.join(LATENT_SAMPLERS)}")
                 req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
                                     guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
-                                    device, quiet, verbose, precision)
+                                    device, quiet, verbose, precision, sampler)
                 run_latent(pack, latent, req, t_start, manifest)
                 return
 

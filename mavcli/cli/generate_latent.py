@@ -36,6 +36,7 @@ class LatentRequest:
     quiet: bool
     verbose: bool
     precision: str = "auto"
+    sampler: str | None = None  # D^t's: ddim (default) or dpmpp
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -177,13 +178,14 @@ def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: floa
         with CascadeProgress(label, disable=req.quiet) as progress:
             video = pipe(text, negative_prompt=req.negative_prompt, seed=seed, frames=req.frames, height=req.height,
                          width=req.width, steps=req.steps.get("keyframes"), guidance=req.guidance.get("keyframes"),
+                         sampler=req.sampler,
                          interpolator=interp, factor=req.interp_factor, upscaler=upscaler,
                          upscale_size=req.upscale_size, upscale_steps=req.steps.get("upscale"),
                          upscale_strength=req.upscale_strength, callback=progress.callback)
         meta = {"prompt": text, "negative_prompt": req.negative_prompt, "seed": seed, "pack": str(folder),
                 "upscale_pack": req.upscale, "fps": video.fps, "frames": int(video.frames.shape[0]),
                 "size": list(video.frames.shape[1:3]), "steps": req.steps or pipe.settings.steps,
-                "guidance": req.guidance or pipe.settings.guidance, "sampler": "ddim",
+                "guidance": req.guidance or pipe.settings.guidance, "sampler": req.sampler or pipe.settings.sampler,
                 "interp_factor": req.interp_factor, "device": str(pipe.device), "dtype": str(pipe.dtype),
                 "timings_s": {k: round(v, 3) for k, v in video.timings.items()}}
         written = write_video(path, video.frames, video.fps, format=req.fmt, metadata=meta, overwrite=req.overwrite)

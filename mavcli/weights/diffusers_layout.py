@@ -408,6 +408,7 @@ def load_schedule(folder: str | Path):
     if cfg.get("trained_betas") is not None:
         raise PackError(f"{path}: trained_betas is not supported")
     values = {k: cfg[k] for k in _SCHEDULER_KEYS if k in cfg}
+    values["multistep_spacing"] = cfg.get("timestep_spacing", "linspace")
     try:
         return DiscreteSchedule(**values), str(cfg.get("_class_name", "DDIMScheduler"))
     except (TypeError, ValueError) as err:
