@@ -46,8 +46,8 @@ class LatentSettings:
     steps: int = 50
     guidance: float = 9.0
     sampler: str = "ddim"  # the repositories' own scheduler; "dpmpp": DPM-Solver++(2M)
-    # DPM-Solver++'s steps when none are asked for: diffusers' documented recipe for these
-    # models (text-to-video-ms-1.7b with DPMSolverMultistepScheduler, num_inference_steps=25)
+    # DPM-Solver++'s steps when none are asked for: the recipe of ModelScope's model card
+    # (ali-vilab/text-to-video-ms-1.7b: DPMSolverMultistepScheduler, num_inference_steps=25)
     dpmpp_steps: int = 25
     upscale_strength: float = 0.6
     vae_batch: int = 4  # frames per VAE call: bounds the decoder's memory
