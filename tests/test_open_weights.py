@@ -89,6 +89,8 @@ def test_sampling_loop_equals_text_to_video_pipeline(reference, ours, guidance):
     _close(expect, got)
 
 
+# diffusers' DPMSolverMultistepScheduler warns about numpy 2's __array__ copy keyword
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize(("guidance", "steps"), [(1.0, 4), (7.5, 4), (7.5, 20)])
 def test_dpm_solver_equals_text_to_video_pipeline_with_dpm_solver_multistep(reference, ours, guidance, steps):
     from diffusers import DPMSolverMultistepScheduler
@@ -114,6 +116,7 @@ def test_dpm_solver_equals_text_to_video_pipeline_with_dpm_solver_multistep(refe
     assert (ddim_latents - got).abs().max() > 1e-3  # a different sampler, not DDIM again
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_multistep_timesteps_follow_diffusers():
     from diffusers import DPMSolverMultistepScheduler
 
