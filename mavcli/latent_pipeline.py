@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from mavcli.diffusion.discrete import DiscreteSchedule, add_noise, sample_ddim_discrete, sample_dpmpp_discrete
+from mavcli.diffusion.discrete import (DiscreteSchedule, add_noise, multistep_start, sample_ddim_discrete,
+                                       sample_dpmpp_discrete)
 from mavcli.errors import PackError, UserInputError
 from mavcli.models.latent_unet import LatentUnet3D
 from mavcli.weights import diffusers_layout as layout
@@ -182,6 +183,12 @@ class LatentVideoPipeline:
 
         return model
 
+    def _sampler(self, sampler: str | None) -> str:
+        sampler = sampler or self.settings.sampler
+        if sampler not in LATENT_SAMPLERS:
+            raise UserInputError(f"sampler {sampler!r} is not one of {', '.join(LATENT_SAMPLERS)} for latent packs")
+        return sampler
+
     def _check_size(self, height: int, width: int, frames: int) -> None:
         m = self.vae_factor * self.unet.config.size_multiple
         if height % m or width % m or height < m or width < m:
@@ -200,9 +207,7 @@ class LatentVideoPipeline:
         s = self.settings
         frames, height, width = frames or s.frames, height or s.height, width or s.width
         self._check_size(height, width, frames)
-        sampler = sampler or s.sampler
-        if sampler not in LATENT_SAMPLERS:
-            raise UserInputError(f"sampler {sampler!r} is not one of {', '.join(LATENT_SAMPLERS)} for latent packs")
+        sampler = self._sampler(sampler)
         steps = steps or (s.dpmpp_steps if sampler == "dpmpp" else s.steps)
         guidance = s.guidance if guidance is None else guidance
         if latents is None:
@@ -239,20 +244,26 @@ class LatentVideoPipeline:
     @torch.inference_mode()
     def video_to_video(self, video: torch.Tensor, prompt: str, *, negative_prompt: str = "", seed: int = 0,
                        strength: float | None = None, steps: int | None = None, guidance: float | None = None,
-                       callback: ProgressCallback | None = None, stage: str = "upscale") -> torch.Tensor:
+                       sampler: str | None = None, callback: ProgressCallback | None = None,
+                       stage: str = "upscale") -> torch.Tensor:
         """SR_l^t as video-to-video (SDEdit, Meng et al. 2022): encode `video` `(1, 3, f, H, W)`,
-        noise it to the timestep `strength` of the way up, denoise with this model, decode."""
+        noise it to the timestep `strength` of the way up, denoise with this model (`sampler` as
+        for `keyframes`), decode."""
         s = self.settings
         strength = s.upscale_strength if strength is None else strength
-        steps, guidance = steps or s.steps, s.guidance if guidance is None else guidance
+        sampler = self._sampler(sampler)
+        steps = steps or (s.dpmpp_steps if sampler == "dpmpp" else s.steps)
+        guidance = s.guidance if guidance is None else guidance
         self._check_size(video.shape[-2], video.shape[-1], video.shape[2])
         x0 = self.encode(video)
-        t0 = self.schedule.timesteps(steps, strength)[0]
+        dpm = sampler == "dpmpp"
+        t0 = (multistep_start(self.schedule, steps, strength) if dpm else self.schedule.timesteps(steps, strength))[0]
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
         model = self._denoiser(self.encode_prompt([prompt]), self.encode_prompt([negative_prompt]), guidance)
         cb = (lambda i, n: callback(stage, i, n)) if callback else None
-        latents = sample_ddim_discrete(model, add_noise(self.schedule, x0, noise, t0), steps, schedule=self.schedule,
-                                       strength=strength, callback=cb)
+        run = sample_dpmpp_discrete if dpm else sample_ddim_discrete
+        latents = run(model, add_noise(self.schedule, x0, noise, t0), steps, schedule=self.schedule, strength=strength,
+                      callback=cb)
         return self.decode(latents)
 
     # --- the whole cascade -----------------------------------------------------------------
@@ -297,7 +308,8 @@ class LatentVideoPipeline:
             clip = F.interpolate(rearrange(clip, "f h w c -> f c h w"), size=(h, w), mode="bicubic", align_corners=False)
             clip = rearrange(clip.clamp(-1, 1), "f c h w -> 1 c f h w")
             video = timed("upscale", upscaler.video_to_video, clip, prompt, negative_prompt=negative_prompt,
-                          seed=seed + 1, strength=upscale_strength, steps=upscale_steps, callback=callback)
+                          seed=seed + 1, strength=upscale_strength, steps=upscale_steps, sampler=sampler,
+                          callback=callback)
             frames_u8 = to_uint8(video)
         return LatentVideo(frames_u8, fps, seed, prompt, timings)
 

@@ -117,6 +117,36 @@ def test_dpm_solver_equals_text_to_video_pipeline_with_dpm_solver_multistep(refe
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("steps", "strength"), [(10, 0.6), (25, 0.3), (7, 1.0)])
+def test_dpm_solver_from_a_noised_input_follows_diffusers_video_to_video(steps, strength):
+    """The loop of diffusers' video-to-video pipelines with DPMSolverMultistepScheduler: keep the
+    last int(steps * strength) timesteps, noise the input to the first, step to the end."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from mavcli.diffusion.discrete import add_noise, multistep_start, sample_dpmpp_discrete
+
+    def eps(x, t):  # any smooth function of (x, t) stands in for the U-Net
+        return 0.3 * torch.tanh(x) + 0.01 * (t / 100.0) * torch.cos(x)
+
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(1, 4, 2, 8, 8, generator=gen), torch.randn(1, 4, 2, 8, 8, generator=gen)
+    ref = DPMSolverMultistepScheduler(**{k: v for k, v in SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")},
+                                      timestep_spacing="leading")
+    ref.set_timesteps(steps)
+    start = steps - min(int(steps * strength), steps)
+    ts = ref.timesteps[start:]
+    ref.set_begin_index(start)
+    x = ref.add_noise(x0, noise, ts[:1])
+    for t in ts:
+        x = ref.step(eps(x, int(t)), t, x).prev_sample
+    ours = DiscreteSchedule(**SCHEDULER, multistep_spacing="leading")
+    kept = multistep_start(ours, steps, strength)
+    assert kept == ts.tolist()
+    got = sample_dpmpp_discrete(eps, add_noise(ours, x0, noise, kept[0]), steps, schedule=ours, strength=strength)
+    _close(x, got)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_multistep_timesteps_follow_diffusers():
     from diffusers import DPMSolverMultistepScheduler
 

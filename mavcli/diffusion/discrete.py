@@ -137,18 +137,29 @@ def multistep_timesteps(schedule: DiscreteSchedule, steps: int) -> list[int]:
     return [round(n - i * ratio) - 1 for i in range(steps)]
 
 
+def multistep_start(schedule: DiscreteSchedule, steps: int, strength: float = 1.0) -> list[int]:
+    """The timesteps a multistep solver runs from a noised input: the last `int(steps * strength)`
+    (at least 1) of `multistep_timesteps`, as diffusers' video-to-video pipelines keep them."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    ts = multistep_timesteps(schedule, steps)
+    return ts[steps - min(steps, max(1, int(steps * strength))):]
+
+
 def sample_dpmpp_discrete(model: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, steps: int, *,
-                          schedule: DiscreteSchedule, callback: Callback | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, algorithm 2) from pure noise on the
-    discrete schedule: the model's prediction read as the clean sample D, the first step
-    first-order, then second-order multistep, and a first-order last step to noise level zero
-    (the final sample is the last D). `model(x, t) -> prediction`; `x` `(b, ...)`.
+                          schedule: DiscreteSchedule, strength: float = 1.0,
+                          callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, algorithm 2) on the discrete schedule,
+    from pure noise (`strength` 1) or from an input noised to the first of `multistep_start`'s
+    timesteps: the model's prediction read as the clean sample D, the first step first-order,
+    then second-order multistep, and a first-order last step to noise level zero (the final
+    sample is the last D). `model(x, t) -> prediction`; `x` `(b, ...)`.
 
     In the VP form x_t = a_t x0 + s_t eps with a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t)
     and lambda_t = log(a_t / s_t), one step from t to t' with h = lambda_t' - lambda_t is
     x_t' = (s_t' / s_t) x_t - a_t' (e^-h - 1) (D_t + (D_t - D_prev) h / (2 h_prev))."""
     alphas = schedule.alphas_cumprod().double()
-    ts = multistep_timesteps(schedule, steps)
+    ts = multistep_start(schedule, steps, strength)
     a = [alphas[t].sqrt().item() for t in ts] + [1.0]  # the end: noise level zero
     s = [(1 - alphas[t]).sqrt().item() for t in ts] + [0.0]
     lam = [math.log(ai / si) if si > 0 else math.inf for ai, si in zip(a, s)]
