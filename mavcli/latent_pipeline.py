@@ -123,13 +123,18 @@ class LatentVideoPipeline:
         return settings
 
     @staticmethod
-    def estimate_memory(folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
-                        variant: str | None = "fp16", with_weights: bool = True, guidance_batch: bool = True) -> int:
-        """Bytes that generating `frames` frames of `height` x `width` with the pack in `folder`
-        takes on the CPU: its three networks in `dtype` (from the files' headers), and the
-        activations of one guided U-Net step, the largest of the cascade (half of them when the
-        two branches run one after the other, `guidance_batch=False`). Without `with_weights`,
-        the activations alone."""
+    def weights_memory(folder: str | Path, dtype: torch.dtype, variant: str | None = "fp16") -> int:
+        """Bytes of the pack's three networks in `dtype`, counted from the files' headers."""
+        item = torch.empty((), dtype=dtype).element_size()
+        return item * sum(_parameter_count(layout.weight_files(Path(folder) / part, layout.WEIGHT_NAMES[part], variant))
+                          for part in ("unet", "vae", "text_encoder"))
+
+    @staticmethod
+    def step_memory(folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
+                    guidance_batch: bool = True) -> int:
+        """Bytes of the activations of one guided U-Net step for `frames` frames of `height` x
+        `width`, the largest of the cascade on the CPU (half when the two guidance branches run
+        one after the other)."""
         folder = Path(folder)
         unet = layout.read_json(folder / "unet" / "config.json")
         vae = layout.read_json(folder / "vae" / "config.json")
@@ -137,12 +142,15 @@ class LatentVideoPipeline:
         top = (unet.get("block_out_channels") or [320])[0]
         item = torch.empty((), dtype=dtype).element_size()
         positions = frames * (height // factor) * (width // factor)
-        need = _ACTIVATION_BYTES * item * positions * top / 320 / (1 if guidance_batch else 2)
-        if with_weights:
-            for part in ("unet", "vae", "text_encoder"):
-                files = layout.weight_files(folder / part, layout.WEIGHT_NAMES[part], variant)
-                need += _parameter_count(files) * item
-        return int(need)
+        return int(_ACTIVATION_BYTES * item * positions * top / 320 / (1 if guidance_batch else 2))
+
+    @classmethod
+    def estimate_memory(cls, folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
+                        variant: str | None = "fp16", guidance_batch: bool = True) -> int:
+        """Bytes that generating `frames` frames of `height` x `width` with the pack in `folder`
+        takes on the CPU: its networks (`weights_memory`) and one U-Net step (`step_memory`)."""
+        return cls.weights_memory(folder, dtype, variant) + cls.step_memory(
+            folder, frames=frames, height=height, width=width, dtype=dtype, guidance_batch=guidance_batch)
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,

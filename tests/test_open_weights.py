@@ -316,11 +316,10 @@ def test_latent_generation_too_large_for_memory_is_refused_before_loading(refere
                 elements += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     kw = dict(frames=16, height=64, width=64)
     full = LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, **kw)
-    acts = LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, with_weights=False, **kw)
-    assert full - acts == 4 * elements  # the networks in float32, counted from the files' headers
-    assert LatentVideoPipeline.estimate_memory(folder, dtype=torch.bfloat16, with_weights=False, **kw) * 2 == acts
-    assert LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, with_weights=False,
-                                               frames=32, height=64, width=64) == 2 * acts  # linear in frames
+    acts = LatentVideoPipeline.step_memory(folder, dtype=torch.float32, **kw)
+    assert full - acts == LatentVideoPipeline.weights_memory(folder, torch.float32) == 4 * elements  # from the headers
+    assert LatentVideoPipeline.step_memory(folder, dtype=torch.bfloat16, **kw) * 2 == acts
+    assert LatentVideoPipeline.step_memory(folder, dtype=torch.float32, frames=32, height=64, width=64) == 2 * acts
     monkeypatch.setattr("mavcli.runtime.available_memory", lambda: 2**20)
     loaded = []
     monkeypatch.setattr(LatentVideoPipeline, "from_folder", lambda *a, **k: loaded.append(a))

@@ -84,13 +84,11 @@ def check_latent_memory(folder: Path, req: LatentRequest, up_folder: Path | None
         jobs.append((up_folder, (jobs[0][1] - 1) * req.interp_factor + 1, uh, uw))
         what += f", upscaled as {jobs[1][1]} frames of {uw}x{uh}"
 
-    def need(batch: bool) -> int:  # every network loaded, one U-Net step running at a time
-        weights = sum(P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype)
-                      - P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype, with_weights=False)
-                      for f, n, h, w in jobs)
-        steps = max(P.estimate_memory(f, frames=n, height=h, width=w, dtype=dtype, with_weights=False,
-                                      guidance_batch=batch) for f, n, h, w in jobs)
-        return PROCESS_BYTES + weights + steps
+    weights = sum(P.weights_memory(f, dtype) for f, *_ in jobs)  # every network stays loaded
+
+    def need(batch: bool) -> int:  # one U-Net step running at a time
+        return PROCESS_BYTES + weights + max(P.step_memory(f, frames=n, height=h, width=w, dtype=dtype,
+                                                           guidance_batch=batch) for f, n, h, w in jobs)
 
     if need(True) <= available:
         return True
