@@ -36,6 +36,13 @@ LATENT_STAGES = ("keyframes", "vae_decode", "interpolation", "upscale")
 LATENT_SAMPLERS = ("ddim", "dpmpp")
 
 
+def check_sampler(sampler: str) -> str:
+    """`sampler` if a latent pack can sample with it, else UserInputError."""
+    if sampler not in LATENT_SAMPLERS:
+        raise UserInputError(f"--sampler {sampler}: a latent pack samples with {' or '.join(LATENT_SAMPLERS)}")
+    return sampler
+
+
 @dataclass
 class LatentSettings:
     """Sampling defaults of a latent pack (the values its authors' pipeline uses)."""
@@ -191,11 +198,10 @@ class LatentVideoPipeline:
 
         return model
 
-    def _sampler(self, sampler: str | None) -> str:
-        sampler = sampler or self.settings.sampler
-        if sampler not in LATENT_SAMPLERS:
-            raise UserInputError(f"sampler {sampler!r} is not one of {', '.join(LATENT_SAMPLERS)} for latent packs")
-        return sampler
+    def _sampling(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        """The sampler (default: the settings') and its steps (default: that sampler's)."""
+        sampler = check_sampler(sampler or self.settings.sampler)
+        return sampler, steps or (self.settings.dpmpp_steps if sampler == "dpmpp" else self.settings.steps)
 
     def _check_size(self, height: int, width: int, frames: int) -> None:
         m = self.vae_factor * self.unet.config.size_multiple
@@ -215,8 +221,7 @@ class LatentVideoPipeline:
         s = self.settings
         frames, height, width = frames or s.frames, height or s.height, width or s.width
         self._check_size(height, width, frames)
-        sampler = self._sampler(sampler)
-        steps = steps or (s.dpmpp_steps if sampler == "dpmpp" else s.steps)
+        sampler, steps = self._sampling(sampler, steps)
         guidance = s.guidance if guidance is None else guidance
         if latents is None:
             shape = (1, self.unet.config.in_channels, frames, height // self.vae_factor, width // self.vae_factor)
@@ -259,8 +264,7 @@ class LatentVideoPipeline:
         for `keyframes`), decode."""
         s = self.settings
         strength = s.upscale_strength if strength is None else strength
-        sampler = self._sampler(sampler)
-        steps = steps or (s.dpmpp_steps if sampler == "dpmpp" else s.steps)
+        sampler, steps = self._sampling(sampler, steps)
         guidance = s.guidance if guidance is None else guidance
         self._check_size(video.shape[-2], video.shape[-1], video.shape[2])
         x0 = self.encode(video)
@@ -338,5 +342,5 @@ def expected_seconds(step_s: float, steps: int, guidance: float) -> float:
     return step_s * steps * (2 if guidance != 1.0 else 1)
 
 
-__all__ = ["LATENT_SAMPLERS", "LATENT_STAGES", "LatentSettings", "LatentVideo", "LatentVideoPipeline", "compute_dtype",
-           "expected_seconds", "to_uint8"]
+__all__ = ["LATENT_SAMPLERS", "LATENT_STAGES", "LatentSettings", "LatentVideo", "LatentVideoPipeline", "check_sampler",
+           "compute_dtype", "expected_seconds", "to_uint8"]

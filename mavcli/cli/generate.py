@@ -185,10 +185,10 @@ def register(app: typer.Typer) -> None:
             if latent is not None:
                 from mavcli.cli.generate_latent import LatentRequest, parse_size, run_latent
 
-                from mavcli.latent_pipeline import LATENT_SAMPLERS
+                from mavcli.latent_pipeline import check_sampler
 
-                if sampler is not None and sampler not in LATENT_SAMPLERS:
-                    raise UserInputError(f"--sampler {sampler}: a latent pack samples with {' or '.join(LATENT_SAMPLERS)}")
+                if sampler is not None:  # up front, before any network is loaded
+                    check_sampler(sampler)
                 req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
                                     guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
                                     device, quiet, verbose, precision, sampler)

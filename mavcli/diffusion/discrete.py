@@ -70,10 +70,15 @@ class DiscreteSchedule:
             ts = [round(n - i * n / steps) - 1 for i in range(steps)]
         else:
             ts = [round(i * (n - 1) / max(steps - 1, 1)) for i in range(steps)][::-1]
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        keep = min(steps, max(1, int(steps * strength)))
-        return ts[steps - keep:]
+        return _kept(ts, strength)
+
+
+def _kept(ts: list[int], strength: float) -> list[int]:
+    """The last `int(len(ts) * strength)` (at least 1) of descending timesteps `ts`: a sampler
+    run from an input noised to the first of them (video-to-video)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return ts[len(ts) - min(len(ts), max(1, int(len(ts) * strength))):]
 
 
 def add_noise(schedule: DiscreteSchedule, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
@@ -140,10 +145,7 @@ def multistep_timesteps(schedule: DiscreteSchedule, steps: int) -> list[int]:
 def multistep_start(schedule: DiscreteSchedule, steps: int, strength: float = 1.0) -> list[int]:
     """The timesteps a multistep solver runs from a noised input: the last `int(steps * strength)`
     (at least 1) of `multistep_timesteps`, as diffusers' video-to-video pipelines keep them."""
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    ts = multistep_timesteps(schedule, steps)
-    return ts[steps - min(steps, max(1, int(steps * strength))):]
+    return _kept(multistep_timesteps(schedule, steps), strength)
 
 
 def sample_dpmpp_discrete(model: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, steps: int, *,
