@@ -13,7 +13,6 @@ The VAE and the text encoder come from diffusers and transformers (the optional 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,18 +82,6 @@ PROCESS_BYTES = int(0.6 * 2**30)
 _ACTIVATION_BYTES = 25_600
 
 
-def _parameter_count(files: list[Path]) -> int:
-    """Elements of every tensor in safetensors `files`, from their headers (nothing loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                total += math.prod(f.get_slice(key).get_shape())
-    return total
-
-
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 where the hardware runs it natively (CUDA with bf16; CPUs with AVX512-BF16 or
     AMX), float32 otherwise: on other CPUs bfloat16 is emulated and slower than float32."""
@@ -130,11 +117,10 @@ class LatentVideoPipeline:
         return settings
 
     @staticmethod
-    def weights_memory(folder: str | Path, dtype: torch.dtype, variant: str | None = "fp16") -> int:
-        """Bytes of the pack's three networks in `dtype`, counted from the files' headers."""
-        item = torch.empty((), dtype=dtype).element_size()
-        return item * sum(_parameter_count(layout.weight_files(Path(folder) / part, layout.WEIGHT_NAMES[part], variant))
-                          for part in ("unet", "vae", "text_encoder"))
+    def weights_memory(folder: str | Path, dtype: torch.dtype) -> int:
+        """Bytes of the pack's three networks in `dtype`, counted from their configs (the weight
+        files need not be downloaded yet)."""
+        return torch.empty((), dtype=dtype).element_size() * layout.parameter_count(folder)
 
     @staticmethod
     def step_memory(folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
@@ -153,10 +139,10 @@ class LatentVideoPipeline:
 
     @classmethod
     def estimate_memory(cls, folder: str | Path, *, frames: int, height: int, width: int, dtype: torch.dtype,
-                        variant: str | None = "fp16", guidance_batch: bool = True) -> int:
+                        guidance_batch: bool = True) -> int:
         """Bytes that generating `frames` frames of `height` x `width` with the pack in `folder`
         takes on the CPU: its networks (`weights_memory`) and one U-Net step (`step_memory`)."""
-        return cls.weights_memory(folder, dtype, variant) + cls.step_memory(
+        return cls.weights_memory(folder, dtype) + cls.step_memory(
             folder, frames=frames, height=height, width=width, dtype=dtype, guidance_batch=guidance_batch)
 
     @classmethod

@@ -317,7 +317,7 @@ def test_latent_generation_too_large_for_memory_is_refused_before_loading(refere
     kw = dict(frames=16, height=64, width=64)
     full = LatentVideoPipeline.estimate_memory(folder, dtype=torch.float32, **kw)
     acts = LatentVideoPipeline.step_memory(folder, dtype=torch.float32, **kw)
-    assert full - acts == LatentVideoPipeline.weights_memory(folder, torch.float32) == 4 * elements  # from the headers
+    assert full - acts == LatentVideoPipeline.weights_memory(folder, torch.float32) == 4 * elements  # counted from the configs: equal to the files' headers
     assert LatentVideoPipeline.step_memory(folder, dtype=torch.bfloat16, **kw) * 2 == acts
     assert LatentVideoPipeline.step_memory(folder, dtype=torch.float32, frames=32, height=64, width=64) == 2 * acts
     monkeypatch.setattr("mavcli.runtime.available_memory", lambda: 2**20)

@@ -62,3 +62,18 @@ def test_real_text_encoder_config_builds_open_clip_h(pack):
         model = transformers.CLIPTextModel(cfg)
     assert cfg.hidden_size == _config(pack, "unet")["cross_attention_dim"]  # its states feed the U-Net's cross-attention
     assert 300e6 < sum(p.numel() for p in model.parameters()) < 400e6
+
+
+def test_memory_check_counts_the_published_weights_from_configs_alone(tmp_path):
+    """`parameter_count` (what the memory check before a download reads) against ModelScope's
+    pinned fp16 files in weights.toml: two bytes per parameter plus each file's JSON header."""
+    from mavcli.weights.diffusers_layout import parameter_count
+    from mavcli.weights.manifest import load_manifest
+
+    for part in ("unet", "vae", "text_encoder"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text((CONFIG_DIR / "modelscope" / f"{part}_config.json").read_text())
+    entry = load_manifest().packs["modelscope"]
+    stored = sum(f.size for f in entry.files if f.path.endswith(".safetensors"))
+    headers = stored - 2 * parameter_count(tmp_path)
+    assert 0 < headers < 2**20, headers  # 256 kB of headers for 1.84 billion parameters

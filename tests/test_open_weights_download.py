@@ -29,21 +29,28 @@ def repo_files(tmp_path_factory) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def manifest(revision: str, files: dict[str, bytes], unpinned: str | None = None) -> str:
-    lines = ['default = "shapes"', "[packs.shapes]", 'bundled = "shapes"',
-             "[packs.tiny-t2v]", f'repo = "{REPO}"', f'revision = "{revision}"', 'kind = "diffusers"',
+def pack_table(name: str, repo: str, revision: str, files: dict[str, bytes], unpinned: str | None = None) -> list[str]:
+    lines = [f"[packs.{name}]", f'repo = "{repo}"', f'revision = "{revision}"', 'kind = "diffusers"',
              'licence = "cc-by-nc-4.0"', 'description = "test"'] + ([f'unpinned = "{unpinned}"'] if unpinned else [])
     for path in files:
-        lines += ["[[packs.tiny-t2v.files]]", f'path = "{path}"', 'sha256 = "hub"']
-    return "\n".join(lines) + "\n"
+        lines += [f"[[packs.{name}.files]]", f'path = "{path}"', 'sha256 = "hub"']
+    return lines
 
 
-def run(tmp: Path, hub: StandInHub, *args: str, offline: bool = False) -> subprocess.CompletedProcess[str]:
+def manifest(revision: str, files: dict[str, bytes], unpinned: str | None = None,
+             more: list[str] | None = None) -> str:
+    lines = ['default = "shapes"', "[packs.shapes]", 'bundled = "shapes"']
+    return "\n".join(lines + pack_table("tiny-t2v", REPO, revision, files, unpinned) + (more or [])) + "\n"
+
+
+def run(tmp: Path, hub: StandInHub, *args: str, offline: bool = False,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp / "hf"), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1",
                NO_PROXY="127.0.0.1,localhost", COLUMNS="400")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "mavcli", *args], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT, cwd=tmp)
 
@@ -112,6 +119,52 @@ def test_generate_downloads_with_flag_then_runs(setup):
                "--frames", "2", "--interp-factor", "1", "--seed", "0", "--out", "fox.mp4")
     assert done.returncode == 0, done.stderr
     assert (tmp / "fox.mp4").stat().st_size > 0
+
+
+def weight_gets(hub: StandInHub) -> list:
+    return [r for r in hub.requests if r.path.endswith(".safetensors") and r.method == "GET"]
+
+
+def test_generate_checks_the_request_before_downloading_weights(setup, tmp_path):
+    """Every check that can fail runs before a weight file is transferred: the options, the
+    output path, the optional libraries, and memory (from the configs, fetched first)."""
+    hub, tmp, _ = setup
+    base = ["generate", "a red fox", "--pack", "tiny-t2v", "--manifest", str(tmp / "weights.toml"), "--download"]
+    bad_stage = run(tmp, hub, *base, "--stage-steps", "prior=3")
+    assert bad_stage.returncode == 2 and "prior" in bad_stage.stderr
+    assert hub.request_count() == 0
+    (tmp / "fox.mp4").write_bytes(b"keep")
+    exists = run(tmp, hub, *base, "--out", "fox.mp4")
+    assert exists.returncode == 2 and "--overwrite" in exists.stderr and hub.request_count() == 0
+    # an install without the open-weights extra: told so, nothing fetched
+    blocker = tmp_path / "blocker"
+    (blocker / "diffusers").mkdir(parents=True)
+    (blocker / "diffusers" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    no_extra = run(tmp, hub, *base, extra_env={"PYTHONPATH": str(blocker)})
+    assert no_extra.returncode == 2 and "mavcli[open-weights]" in " ".join(no_extra.stderr.split())
+    assert hub.request_count() == 0
+    # 2000 frames of 256x256 need hundreds of GiB: refused after the configs, before any weights
+    huge = run(tmp, hub, *base, "--frames", "2000", "--height", "256", "--width", "256", "--device", "cpu",
+               "--precision", "float32")
+    text = " ".join(huge.stderr.split())
+    assert huge.returncode == 2 and "2000 frames of 256x256" in text and "GiB of memory" in text, huge.stderr
+    assert hub.requests_for("unet/config.json", "GET") and not weight_gets(hub)
+    assert (tmp / "fox.mp4").read_bytes() == b"keep"
+
+
+def test_download_flag_fetches_the_upscaler_too(tmp_path, repo_files):
+    """`--download --upscale PACK` fetches both packs, the README's Zeroscope recipe."""
+    with StandInHub() as hub:
+        sha = hub.add_repo(REPO, repo_files)
+        up_sha = hub.add_repo("vilab/tiny-up", repo_files)
+        (tmp_path / "weights.toml").write_text(
+            manifest(sha, repo_files, more=pack_table("tiny-up", "vilab/tiny-up", up_sha, repo_files)))
+        done = run(tmp_path, hub, "generate", "a red fox", "--pack", "tiny-t2v", "--manifest",
+                   str(tmp_path / "weights.toml"), "--download", "--upscale", "tiny-up", "--upscale-size", "64x64",
+                   "--steps", "2", "--frames", "2", "--interp-factor", "1", "--seed", "0", "--out", "fox.mp4")
+        assert done.returncode == 0, done.stderr
+        assert len([r for r in weight_gets(hub) if r.repo == "vilab/tiny-up"]) == 3
+        assert (tmp_path / "fox.mp4").stat().st_size > 0
 
 
 def test_a_pull_request_ref_downloads_with_a_warning_and_records_its_commit(tmp_path, repo_files):

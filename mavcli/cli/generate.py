@@ -139,9 +139,9 @@ def register(app: typer.Typer) -> None:
             if fps is not None and not fps > 0:
                 raise UserInputError("--fps must be > 0")
             items = _prompts(prompt, prompts)
-            from mavcli.cli.generate_latent import LATENT_STEP_STAGES, latent_pack_folder
+            from mavcli.cli.generate_latent import LATENT_STEP_STAGES, find_latent_pack
 
-            latent = latent_pack_folder(pack, download=download, manifest=manifest)
+            latent = find_latent_pack(pack, manifest)  # downloads come after every check
             stages = LATENT_STEP_STAGES if latent is not None else SAMPLED_STAGES
             step_table = _pairs(stage_steps, "--stage-steps", int, stages)
             guide_table = _pairs(stage_guidance, "--stage-guidance", float, stages)
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
                 req = LatentRequest(jobs, paths, fmt, overwrite, negative_prompt, frames, height, width, step_table,
                                     guide_table, interp_factor, upscale, parse_size(upscale_size), upscale_strength,
                                     device, quiet, verbose, precision, sampler)
-                run_latent(pack, latent, req, t_start, manifest)
+                run_latent(latent, req, t_start, download=download, manifest=manifest)
                 return
 
             from mavcli.pipeline import MemoryLimitError

@@ -8,10 +8,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mavcli.cli import console
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import PackError, UserInputError
+
+if TYPE_CHECKING:
+    from mavcli.weights.manifest import Manifest, PackEntry
 
 LATENT_STEP_STAGES = ("keyframes", "upscale")
 
@@ -100,7 +104,7 @@ def check_latent_memory(folder: Path, req: LatentRequest, up_folder: Path | None
         f"{' or --upscale-size' if up_folder is not None else ''}, or free memory")
 
 
-def open_latent(pack: str | None, folder: Path, device: str, precision: str = "auto"):
+def open_latent(folder: Path, device: str, precision: str = "auto"):
     import torch
 
     from mavcli.latent_pipeline import LatentVideoPipeline
@@ -112,35 +116,72 @@ def open_latent(pack: str | None, folder: Path, device: str, precision: str = "a
     return pipe
 
 
-def latent_pack_folder(pack: str | None, *, download: bool, manifest: Path | None = None) -> Path | None:
-    """The folder of a latent (diffusers-layout) pack, or None for a mavcli pack. A weights.toml
-    pack that is not downloaded yet is fetched only with --download or after the user agrees."""
+@dataclass
+class LatentPack:
+    """A latent pack named on the command line: its folder once it is on disk, or (`folder` None)
+    the weights.toml entry still to be downloaded."""
+
+    name: str
+    folder: Path | None
+    entry: PackEntry | None = None
+    manifest: Manifest | None = None
+
+
+def find_latent_pack(pack: str | None, manifest: Path | None = None) -> LatentPack | None:
+    """The latent (diffusers-layout) pack `pack` names, found without downloading anything; None
+    for a mavcli pack."""
     from mavcli.weights import diffusers_layout as layout
     from mavcli.weights.manifest import load_manifest
     from mavcli.weights.resolve import resolve_pack
 
     if pack is not None and Path(pack).expanduser().is_dir():
         folder = Path(pack).expanduser()
-        return folder if layout.is_diffusers_folder(folder) else None
+        return LatentPack(pack, folder) if layout.is_diffusers_folder(folder) else None
     man = load_manifest(manifest)
     entry = man.get(pack) if pack else None
     if entry is None or entry.kind != "diffusers":
         return None
     try:
-        return resolve_pack(pack, manifest=man, allow_download=False)
-    except PackError:
+        folder = resolve_pack(pack, manifest=man, allow_download=False)
+    except PackError:  # not downloaded, or a cached file failed its check
+        folder = None
+    return LatentPack(pack, folder, entry, man)
+
+
+def fetch_latent_packs(packs: list[LatentPack], req: LatentRequest, *, download: bool) -> bool:
+    """Bring the packs still missing to disk and check memory (`check_latent_memory`, whose
+    answer this returns) before their weights are downloaded: a pack is fetched only with
+    --download or after the user agrees; the optional libraries are checked first, then each
+    pack's configs (a few MB) are fetched, which is all the memory check reads."""
+    from dataclasses import replace
+
+    from mavcli.cli.download import RichDownloadProgress, announce_pack
+    from mavcli.weights import diffusers_layout as layout
+    from mavcli.weights.hub import download_pack
+    from mavcli.weights.resolve import resolve_pack
+
+    pending = [p for p in packs if p.folder is None]
+    for p in pending:
+        assert p.entry is not None and p.manifest is not None
         if not download:
-            size = f"{entry.total_size / 1e9:.1f} GB" if entry.size_known else "several GB"
-            question = (f"pack {pack!r} ({entry.repo}, {size}, licence {entry.licence or 'see its model card'}) "
+            size = f"{p.entry.total_size / 1e9:.1f} GB" if p.entry.size_known else "several GB"
+            question = (f"pack {p.name!r} ({p.entry.repo}, {size}, licence {p.entry.licence or 'see its model card'}) "
                         "is not downloaded yet. Download it now?")
             if not sys.stdin.isatty() or not _confirm(question):
-                raise PackError(f"pack {pack!r} is not downloaded. Fetch it with: {man.fetch_command(pack)} "
-                                "(or pass --download to mav generate)") from None
-    from mavcli.cli.download import RichDownloadProgress, announce_pack
-
-    announce_pack(pack, entry)
-    with RichDownloadProgress() as progress:
-        return resolve_pack(pack, manifest=man, allow_download=True, progress=progress)
+                raise PackError(f"pack {p.name!r} is not downloaded. Fetch it with: {p.manifest.fetch_command(p.name)} "
+                                "(or pass --download to mav generate)")
+    for module in ("diffusers", "transformers"):
+        layout.require_extra(module)
+    for p in pending:
+        announce_pack(p.name, p.entry)
+        configs = replace(p.entry, files=tuple(f for f in p.entry.files if not f.path.endswith(".safetensors")))
+        with RichDownloadProgress() as progress:
+            p.folder = download_pack(configs, progress=progress, fetch_command=p.manifest.fetch_command(p.name))
+    batch = check_latent_memory(packs[0].folder, req, packs[1].folder if len(packs) > 1 else None)
+    for p in pending:
+        with RichDownloadProgress() as progress:
+            p.folder = resolve_pack(p.name, manifest=p.manifest, allow_download=True, progress=progress)
+    return batch
 
 
 def _confirm(question: str) -> bool:
@@ -149,20 +190,23 @@ def _confirm(question: str) -> bool:
     return typer.confirm(question, default=False, err=True)
 
 
-def run_latent(pack: str | None, folder: Path, req: LatentRequest, t_start: float, manifest: Path | None = None) -> None:
+def run_latent(pack: LatentPack, req: LatentRequest, t_start: float, *, download: bool = False,
+               manifest: Path | None = None) -> None:
     from mavcli.cli.loading import open_flow_interpolator
     from mavcli.video import write_video
 
     t0 = time.perf_counter()
-    up_folder = None
+    packs = [pack]
     if req.upscale is not None:
-        up_folder = latent_pack_folder(req.upscale, download=False, manifest=manifest)
-        if up_folder is None:
+        up = find_latent_pack(req.upscale, manifest)
+        if up is None:
             raise UserInputError(f"--upscale {req.upscale}: not a latent video pack (a diffusers-layout folder or "
                                  "a weights.toml pack of kind diffusers, e.g. zeroscope-xl)")
-    batch = check_latent_memory(folder, req, up_folder)
-    pipe = open_latent(pack, folder, req.device, req.precision)
-    upscaler = None if up_folder is None else open_latent(req.upscale, up_folder, req.device, req.precision)
+        packs.append(up)
+    batch = fetch_latent_packs(packs, req, download=download)
+    folder = pack.folder
+    pipe = open_latent(folder, req.device, req.precision)
+    upscaler = None if len(packs) == 1 else open_latent(packs[1].folder, req.device, req.precision)
     if not batch:
         console.info("memory is short: the guided and unguided U-Net passes run one after the other "
                      "(half the activations, about 7% slower)")

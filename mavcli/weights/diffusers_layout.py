@@ -328,12 +328,18 @@ def read_tensors(files: list[Path], dtype: torch.dtype | None = None) -> dict[st
     return tensors
 
 
+def build_unet(folder: str | Path) -> LatentUnet3D:
+    """A `LatentUnet3D` shaped by `unet/config.json`, its tensors uninitialised (build it under
+    `torch.device("meta")` to allocate nothing)."""
+    path = Path(folder) / "unet" / "config.json"
+    return LatentUnet3D(unet_config_from_diffusers(read_json(path), str(path)))
+
+
 def load_unet(folder: str | Path, *, variant: str | None = "fp16", dtype: torch.dtype = torch.float32) -> LatentUnet3D:
     """The `unet/` of a diffusers-layout folder as a `LatentUnet3D` in `dtype`."""
     unet_dir = Path(folder) / "unet"
-    config = unet_config_from_diffusers(read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
     with torch.device("meta"):
-        model = LatentUnet3D(config)
+        model = build_unet(folder)
     model = model.to_empty(device="cpu").to(dtype)
     with LazyTensors(weight_files(unet_dir, WEIGHT_NAMES["unet"], variant), dtype) as tensors:
         unet_from_diffusers(model, tensors, str(unet_dir))
@@ -366,12 +372,35 @@ def _load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], wher
                         f"({len(missing)} and {len(unexpected)} in all): the weights do not match config.json")
 
 
+def _config(path: Path) -> dict[str, Any]:
+    """A library config.json without its bookkeeping keys (`_class_name`, `_diffusers_version`)."""
+    return {k: v for k, v in read_json(path).items() if not k.startswith("_")}
+
+
+def build_vae(folder: str | Path):
+    """diffusers' `AutoencoderKL` shaped by `vae/config.json`, randomly initialised."""
+    return require_extra("diffusers").AutoencoderKL.from_config(_config(Path(folder) / "vae" / "config.json"))
+
+
+def build_text_encoder(folder: str | Path):
+    """transformers' `CLIPTextModel` shaped by `text_encoder/config.json`, randomly initialised."""
+    transformers = require_extra("transformers")
+    return transformers.CLIPTextModel(transformers.CLIPTextConfig(**_config(Path(folder) / "text_encoder" / "config.json")))
+
+
+def parameter_count(folder: str | Path) -> int:
+    """Parameters of the U-Net, VAE and text encoder of a diffusers-layout folder, from their
+    config.json files alone: nothing is allocated and the weight files need not be there yet, so
+    memory can be checked before a download."""
+    with torch.device("meta"):
+        models = (build_unet(folder), build_vae(folder), build_text_encoder(folder))
+    return sum(p.numel() for m in models for p in m.parameters())
+
+
 def load_vae(folder: str | Path, *, variant: str | None = "fp16", dtype: torch.dtype = torch.float32):
     """diffusers' `AutoencoderKL` from `vae/` (config.json + safetensors), loaded strictly."""
-    diffusers = require_extra("diffusers")
     vae_dir = Path(folder) / "vae"
-    config = {k: v for k, v in read_json(vae_dir / "config.json").items() if not k.startswith("_")}
-    vae = diffusers.AutoencoderKL.from_config(config)
+    vae = build_vae(folder)
     _load_strict(vae, read_tensors(weight_files(vae_dir, WEIGHT_NAMES["vae"], variant), dtype), str(vae_dir))
     # torch's own cast: diffusers' override warns about float32 modules even when it names none
     return (vae if dtype == torch.float32 else torch.nn.Module.to(vae, dtype)).eval()
@@ -382,9 +411,7 @@ def load_text_encoder(folder: str | Path, *, variant: str | None = "fp16", dtype
     (tokenizer.json or vocab.json + merges.txt: plain text, nothing pickled)."""
     transformers = require_extra("transformers")
     enc_dir, tok_dir = Path(folder) / "text_encoder", Path(folder) / "tokenizer"
-    config = transformers.CLIPTextConfig(**{k: v for k, v in read_json(enc_dir / "config.json").items()
-                                           if not k.startswith("_")})
-    model = transformers.CLIPTextModel(config)
+    model = build_text_encoder(folder)
     # position_ids is a buffer that older transformers saved and newer ones rebuild
     _load_strict(model, read_tensors(weight_files(enc_dir, WEIGHT_NAMES["text_encoder"], variant), dtype),
                  str(enc_dir), ignore=("position_ids",))
