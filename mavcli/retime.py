@@ -29,7 +29,7 @@ from mavcli.video.common import exact_rate
 SAME_INSTANT = 1e-4
 
 
-def parse_rate(text: str) -> float:
+def parse_rate(text: str, option: str = "--fps") -> float:
     """A frame rate as people write it: '60', '25', a fraction '60000/1001', or the rounded
     NTSC rates '23.976', '29.97', '47.952', '59.94', '119.88', '239.76', which mean exactly
     N * 1000/1001 (as in ffmpeg's 'ntsc' and every editor: 59.94 fps video is 60000/1001)."""
@@ -41,9 +41,9 @@ def parse_rate(text: str) -> float:
         else:
             value = float(t)
     except (ValueError, ZeroDivisionError):
-        raise UserInputError(f"--fps {text!r} is not a frame rate; write e.g. 60, 59.94 or 60000/1001") from None
+        raise UserInputError(f"{option} {text!r} is not a frame rate; write e.g. 60, 59.94 or 60000/1001") from None
     if not (math.isfinite(value) and value > 0):
-        raise UserInputError(f"--fps must be a positive number of frames per second; got {text}")
+        raise UserInputError(f"{option} must be a positive number of frames per second; got {text}")
     return value if "/" in t else exact_rate(value)
 
 

@@ -211,6 +211,7 @@ def test_folder_batch_reports_a_broken_file_and_resumes(tmp_path):
     (["--factor", "2", "--fps", "50"], "not --factor and --fps"),
     (["--audio", "stretch"], "applies to --slowmo"),
     (["--method", "diffusion", "--fps", "60"], "use --method flow"),
+    (["--input-fps", "30"], "sets the rate of a folder of frames"),
 ])
 def test_bad_requests_exit_2_and_write_nothing(tmp_path, args, message):
     src = lavfi(tmp_path / "in.mp4", rate="25", seconds=0.4)
@@ -218,6 +219,35 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert message in " ".join(r.output.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_a_folder_of_frames_takes_its_rate_from_input_fps(tmp_path):
+    """Frames from elsewhere state no rate: 24 fps with a note, or --input-fps; the output folder
+    records its rate, so interpolating it again needs no option."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    subprocess.run([FFMPEG, "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=30", "-t", "0.4",
+                    str(frames / "f%03d.png")], check=True)
+    r = run(frames, "--out", tmp_path / "default.mp4")
+    assert r.exit_code == 0, r.output
+    assert "state no frame rate: taken as 24 fps" in " ".join(r.output.split())
+    assert probe_video(tmp_path / "default.mp4").fps == 48
+    r = run(frames, "--input-fps", "30", "--fps", "60000/1001", "--out", tmp_path / "ntsc")
+    assert r.exit_code == 0, r.output
+    assert "state no frame rate" not in r.output and "30 -> 59.94 fps" in r.output
+    again = run(tmp_path / "ntsc", "--out", tmp_path / "again.mkv", "--lossless")
+    assert again.exit_code == 0 and "state no frame rate" not in again.output
+    assert probe_video(tmp_path / "again.mkv").fps == pytest.approx(2 * 60000 / 1001)
+    assert frame_times(frames, folder_rate=30).duration == pytest.approx(12 / 30)
+
+
+def test_an_existing_sidecar_is_refused_before_any_work(tmp_path):
+    src = lavfi(tmp_path / "in.mp4", rate="25", seconds=0.4)
+    (tmp_path / "o.mp4.json").write_text("{}")
+    r = run(src, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 2 and "o.mp4.json already exists" in " ".join(r.output.split())
+    assert (tmp_path / "o.mp4.json").read_text() == "{}" and not (tmp_path / "o.mp4").exists()
+    assert "interpolate" not in r.output  # refused before the progress bar started
 
 
 def test_too_small_and_empty_inputs(tmp_path):

@@ -41,6 +41,7 @@ class Request:
     chunk: int
     overwrite: bool
     precision: str = "auto"  # what the networks compute in (mav generate's --precision)
+    input_fps: float | None = None  # the rate of a folder of frames
 
 
 def _videos_in(folder: Path) -> list[Path]:
@@ -132,6 +133,15 @@ def _carried(source: SourceStream, enc: Encoding, fmt: str, size: tuple[int, int
     return enc, notes
 
 
+def _check_free(out: Path, overwrite: bool) -> None:
+    """Refuse an output, or the metadata sidecar written beside it, that exists already."""
+    from mavcli.video import sidecar_path
+
+    for target in (out, sidecar_path(out)):
+        if target.exists() and not overwrite:
+            raise UserInputError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
+
+
 def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, device: str,
                     progress: Progress, task: TaskID, cache: dict) -> str:
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
@@ -139,10 +149,12 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     from mavcli.interpolator import MIN_SIDE, FlowInterpolator
     from mavcli.pipeline import MakeAVideoPipeline, resolve_device
     from mavcli.retime import plan_pairs, retiming
-    from mavcli.video import VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
+    from mavcli.video import DEFAULT_FPS, VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
+    from mavcli.video.read import folder_fps
     from mavcli.video.common import _ffmpeg_header
     from mavcli.video.encoding import SourceStream, parse_stream
 
+    _check_free(out, req.overwrite)  # before the video is decoded for its scene cuts
     info = probe_video(input)  # clear errors for missing / unreadable / non-video input
     if min(info.width, info.height) < MIN_SIDE:
         raise UserInputError(f"{input} is {info.width}x{info.height}; interpolation needs at least "
@@ -163,16 +175,19 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     cuts = detect_scene_cuts(counted())
     if count < 2:
         raise UserInputError(f"{input} has {count} frame; interpolation needs at least 2")
-    ft = frame_times(input, count)
+    ft = frame_times(input, count, folder_rate=req.input_fps)
     fmt = _out_format(out)
-    in_fps = ft.fps if ft.variable else info.fps
+    in_fps = ft.fps
     if req.method == "flow":
         plain = req.fps is None and req.slowmo is None
         r = retiming(in_fps, ft.duration, factor=(req.factor or 2) if plain else None, fps=req.fps, slowmo=req.slowmo)
         out_fps, n_out = r.fps, len(r.out_times)
     else:
-        out_fps, n_out = info.fps * (req.factor or 2), (count - 1) * (req.factor or 2) + 1
+        out_fps, n_out = in_fps * (req.factor or 2), (count - 1) * (req.factor or 2) + 1
     notes = []
+    if input.is_dir() and req.input_fps is None and folder_fps(input) is None:
+        notes.append(f"the frames in {input.name} state no frame rate: taken as {DEFAULT_FPS:g} fps "
+                     "(--input-fps sets it)")
     if cuts:
         notes.append(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
     if ft.variable:
@@ -215,7 +230,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
         opts = {"steps": req.steps} if req.steps else {}
 
         def stream(cb):
-            return pipe.interpolate_stream(iter_video_frames(input), req.factor or 2, fps=info.fps, cuts=cuts,
+            return pipe.interpolate_stream(iter_video_frames(input), req.factor or 2, fps=in_fps, cuts=cuts,
                                            seed=req.seed, chunk=req.chunk, callback=cb, **opts)
 
     progress.update(task, total=n_out, completed=0, visible=True)
@@ -243,6 +258,7 @@ def register(app: typer.Typer) -> None:
         factor: Optional[int] = typer.Option(None, "--factor", "-x", help="N times the frames at N times the fps (any whole N >= 2; default 2)."),
         target_fps: Optional[str] = typer.Option(None, "--fps", help="Exactly this frame rate (e.g. 60 from 23.976 or 25; 59.94 means 60000/1001); input frames kept at their times."),
         slowmo: Optional[int] = typer.Option(None, "--slowmo", help="N times the frames at the input's fps: N times slower."),
+        input_fps: Optional[str] = typer.Option(None, "--input-fps", help="The frame rate of a folder of frames (default: the rate mavcli recorded with them, else 24)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file, or folder for a folder of videos (default: beside the input, named -x2, -60fps, -slowmo4)."),
         codec: Optional[str] = typer.Option(None, "--codec", help="libx264 (default), libx265, libvpx-vp9, ffv1 (mkv), prores_ks (mov, mkv)."),
         crf: Optional[int] = typer.Option(None, "--crf", help="Constant quality: lower is better (default 12 for libx264, 16 libx265, 20 libvpx-vp9)."),
@@ -273,9 +289,13 @@ def register(app: typer.Typer) -> None:
 
             req = Request(factor, None if target_fps is None else parse_rate(target_fps), slowmo, method, audio,
                           Encoding(codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt),
-                          steps, seed, chunk, overwrite, precision)
+                          steps, seed, chunk, overwrite, precision,
+                          None if input_fps is None else parse_rate(input_fps, "--input-fps"))
             input = input.expanduser()
             batch = input.is_dir() and bool(_videos_in(input))
+            if req.input_fps is not None and (batch or not input.is_dir()):
+                raise UserInputError("--input-fps sets the rate of a folder of frames; a video file's frame times "
+                                     "come from its container (to change them: ffmpeg -itsscale or -r before -i)")
             if input.is_dir() and not batch and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in input.iterdir()):
                 raise UserInputError(f"{input} holds no videos and no frames; pass a video file, a folder of "
                                      f"videos, or a folder of PNG/JPEG frames")
@@ -286,8 +306,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code)
             out = out.expanduser() if out is not None else _default_out(input, req)
             _check_request(req, _out_format(out))
-            if out.exists() and not overwrite:
-                raise UserInputError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+            _check_free(out, overwrite)
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
                 raise UserInputError(f"the output folder {parent} does not exist; create it or choose another --out")

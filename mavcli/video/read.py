@@ -224,6 +224,13 @@ def _folder_info(folder: Path) -> dict[str, Any]:
     return {}
 
 
+def folder_fps(folder: Path) -> float | None:
+    """The frame rate mavcli recorded in a frames folder's video.json; None when it states none
+    (frames from elsewhere), in which case readers take ``DEFAULT_FPS``."""
+    fps = _folder_info(folder).get("fps")
+    return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
+
+
 def _read_image(p: Path) -> np.ndarray:
     import imageio.v3 as iio
 
@@ -292,7 +299,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = False) -> VideoInfo:
         files = _frame_files(p)
         first = _read_image(files[0])
         info = _folder_info(p)
-        fps = float(info.get("fps") or DEFAULT_FPS)
+        fps = folder_fps(p) or DEFAULT_FPS
         meta = info.get("metadata")
         return VideoInfo(
             path=p,
@@ -361,7 +368,7 @@ def read_video(
         if max_frames:
             files = files[:max_frames]
         info = _folder_info(p)
-        fps = float(info.get("fps") or DEFAULT_FPS)
+        fps = folder_fps(p) or DEFAULT_FPS
         meta = info.get("metadata")
         frames_list = list(_iter_folder(p, files))
         clip = VideoClip(
@@ -447,13 +454,14 @@ def packet_times(path: Path, stream: str = "v:0") -> tuple[list[float], float] |
     return times, end
 
 
-def frame_times(path: str | os.PathLike[str], count: int | None = None) -> FrameTimes:
+def frame_times(path: str | os.PathLike[str], count: int | None = None, folder_rate: float | None = None) -> FrameTimes:
     """The time of every frame of a video file or frames folder (see ``FrameTimes``).
 
     ``count``: the number of frames the decoder gives (when already known); the timestamps are
-    used only when they describe that many frames, else the nominal rate stands."""
+    used only when they describe that many frames, else the nominal rate stands.
+    ``folder_rate``: the rate of a frames folder, in place of its video.json's or ``DEFAULT_FPS``."""
     info = probe_video(path)
-    fps = info.fps
+    fps = folder_rate if folder_rate is not None and info.path.is_dir() else info.fps
     n = count if count is not None else info.num_frames
     even = [i / fps for i in range(n)]
     if info.path.is_dir() or n < 2:
