@@ -331,6 +331,25 @@ def test_pixel_format_colour_tags_and_aspect_ratio_are_carried(tmp_path):
     assert r.exit_code == 0 and "interlaced (top first)" in r.output and "bwdif" in " ".join(r.output.split())
 
 
+def test_a_turned_anamorphic_video_keeps_its_shape(tmp_path):
+    """A display matrix (as phones write) turns 176x120 pixels of SAR 32:27 upright: the frames
+    arrive 120x176, so each pixel is now 27/32 as wide as high, as the output must say."""
+    from mavcli.video.common import _ffmpeg_header, stream_rotation
+    from mavcli.video.encoding import parse_stream
+
+    flat = lavfi(tmp_path / "flat.mp4", rate="25", seconds=0.3, size="176x120", extra=("-vf", "setsar=32/27"))
+    turned = tmp_path / "turned.mp4"
+    subprocess.run([FFMPEG, "-loglevel", "error", "-display_rotation", "90", "-i", str(flat), "-c", "copy",
+                    str(turned)], check=True)
+    assert stream_rotation(_ffmpeg_header(turned), 0) == 90 and stream_rotation(_ffmpeg_header(flat), 0) == 0
+    assert parse_stream(_ffmpeg_header(turned)).sar == (27, 32)
+    r = run(turned, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 0, r.output
+    assert "frame size for reading" not in r.output  # imageio-ffmpeg's note on the turn is left out
+    header = _ffmpeg_header(tmp_path / "o.mp4")
+    assert ", 120x176 [SAR 27:32 DAR " in header and stream_rotation(header, 0) == 0
+
+
 def test_frames_too_large_for_memory_are_refused_before_any_work(tmp_path, monkeypatch):
     from mavcli.errors import UserInputError
     from mavcli.interpolator import FlowInterpolator

@@ -72,6 +72,22 @@ def video_stream(header: str) -> tuple[int, str] | None:
     return None if best is None else (best[1], best[2])
 
 
+def stream_rotation(header: str, index: int) -> int:
+    """Degrees (0, 90, 180 or 270) that stream `index`'s display matrix turns the picture by, from the "Side data" under its line in ffmpeg's header text. ffmpeg applies
+    it when decoding, so frames arrive turned, and a 90 or 270 turn swaps the pixel aspect ratio."""
+    lines = header.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"\s*Stream #0:{index}\b", line):
+            indent = len(line) - len(line.lstrip())
+            for below in lines[i + 1:]:
+                if len(below) - len(below.lstrip()) <= indent:
+                    break  # the next stream, or the end of this input's description
+                m = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", below)
+                if m:
+                    return round(float(m.group(1)) / 90) % 4 * 90
+    return 0
+
+
 def _header_reason(text: str) -> str:
     """The most telling line of a failed ffmpeg open, e.g. 'Invalid data found ...'."""
     for line in reversed(text.splitlines()):

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from mavcli.errors import UserInputError
-from mavcli.video.common import _ffmpeg_exe, video_stream
+from mavcli.video.common import _ffmpeg_exe, stream_rotation, video_stream
 
 #: the codecs each container may hold (ffmpeg encoder names), the first one its default
 CONTAINER_CODECS: dict[str, tuple[str, ...]] = {
@@ -199,7 +199,8 @@ def parse_stream(header: str) -> SourceStream:
     """The pixel format, colour tags, sample aspect ratio and field order of the video stream
     mavcli reads (`video_stream`) in ffmpeg's header text, e.g. 'Video: h264 (High), yuv420p(tv,
     bt709, progressive), 720x480 [SAR 32:27 DAR 16:9]' -> SourceStream('yuv420p', Colour('tv',
-    'bt709', 'bt709', 'bt709'), (32, 27), None)."""
+    'bt709', 'bt709', 'bt709'), (32, 27), None). The SAR is that of the frames as decoded: for a
+    stream turned by 90 or 270 degrees, swapped."""
     stream = video_stream(header)
     m = None if stream is None else re.search(r": Video: [^,]+(?:\([^)]*\))*[^,]*, ([a-z0-9_]+)(\(([^)]*)\))?", stream[1])
     if not m:
@@ -209,6 +210,8 @@ def parse_stream(header: str) -> SourceStream:
     sar = (int(a.group(1)), int(a.group(2))) if a and int(a.group(1)) > 0 and int(a.group(2)) > 0 else None
     if sar is not None and sar[0] == sar[1]:
         sar = None
+    if sar is not None and stream_rotation(header, stream[0]) in (90, 270):
+        sar = (sar[1], sar[0])  # the frames arrive turned upright (ffmpeg's autorotation)
     pix = m.group(1)
     parts = [p.strip() for p in (m.group(3) or "").split(",")]
     rng = next((p for p in parts if p in ("tv", "pc")), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -109,6 +110,18 @@ def _check_input(path: str | os.PathLike[str]) -> Path:
             f"frames ({_READABLE})"
         )
     return p
+
+
+class _RotationSizeNote(logging.Filter):
+    """imageio-ffmpeg warns that a rotated video's frames differ in size from its stream (e.g.
+    480x720 for 720x480 turned 90 degrees). That is ffmpeg's autorotation, which this module
+    expects and sizes by, so the warning is left out; imageio-ffmpeg's other messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("The frame size for reading")
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_RotationSizeNote())
 
 
 class _FileSource:
