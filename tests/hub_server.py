@@ -22,6 +22,7 @@ import re
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -257,3 +258,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             return
         self._send(status, headers, body, head=head)
+
+
+def small_disk(folder: Path, free: int) -> dict[str, str]:
+    """Environment for a `mav` subprocess in which the disk below `folder` reports `free` bytes
+    free: a sitecustomize module (in `folder`/small-disk) patches `shutil.disk_usage` there."""
+    site = folder / "small-disk"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import shutil\n"
+        "_real = shutil.disk_usage\n"
+        "def _usage(path):\n"
+        "    usage = _real(path)\n"
+        f"    return usage._replace(free={free}) if str(path).startswith({str(folder)!r}) else usage\n"
+        "shutil.disk_usage = _usage\n")
+    return {"PYTHONPATH": str(site)}

@@ -34,9 +34,9 @@ from mavcli.weights.manifest import load_manifest
 from mavcli.weights.resolve import list_packs, resolve_pack
 
 try:
-    from hub_server import StandInHub
+    from hub_server import StandInHub, small_disk
 except ImportError:  # tests/ imported as a package
-    from tests.hub_server import StandInHub
+    from tests.hub_server import StandInHub, small_disk
 
 REPO = "mavcli/tiny"
 TIMEOUT = 60  # seconds per subprocess; a hung download must fail the test, not the suite
@@ -111,7 +111,8 @@ class Env:
     def snapshot(self) -> Path:
         return self.repo_cache / "snapshots" / self.sha
 
-    def mav(self, *args: str, offline: bool = False, manifest: bool = True) -> subprocess.CompletedProcess[str]:
+    def mav(self, *args: str, offline: bool = False, manifest: bool = True,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run `python -m mavcli ARGS` against the stand-in Hub."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
         env.update(
@@ -124,6 +125,7 @@ class Env:
         )
         if offline:
             env["HF_HUB_OFFLINE"] = "1"
+        env.update(extra_env or {})
         extra = ["--manifest", str(self.manifest)] if manifest else []
         return subprocess.run(
             [sys.executable, "-m", "mavcli", *args, *extra],
@@ -202,6 +204,20 @@ def test_stand_in_hub_speaks_the_resolve_protocol(hub: StandInHub) -> None:
 
 # --------------------------------------------------------------------------------------
 # mav download weights
+
+
+def test_a_download_that_would_not_fit_on_the_disk_is_refused_before_any_transfer(env: Env) -> None:
+    tight = small_disk(env.tmp, 200 * 2**20)  # under the 256 MiB mavcli keeps free
+    for args in (("download", "weights"), ("download", "weights", "--dir", str(env.tmp / "plain"))):
+        result = env.mav(*args, extra_env=tight)
+        assert result.returncode == 2, result.stderr
+        assert "needs 0.00 GB more" in flat(result.stderr) and "0.21 GB free" in flat(result.stderr)
+        assert "HF_HOME" in flat(result.stderr)
+    assert not env.hub.requests_for("keyframe.safetensors", "GET") and not (env.tmp / "plain" / "pack.json").exists()
+    assert not env.hub.requests  # the manifest states every size: not even a metadata request
+    # with room, the same download goes ahead
+    assert env.mav("download", "weights", extra_env=small_disk(env.tmp, 2**30)).returncode == 0
+    assert_pack_is(env.snapshot, env.files)
 
 
 def test_fresh_download_lands_verified_files_and_prints_the_path(env: Env) -> None:

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from hub_server import StandInHub  # noqa: E402
+from hub_server import StandInHub, small_disk  # noqa: E402
 from open_weights_fixture import build_reference  # noqa: E402
 
 REPO = "vilab/tiny-t2v"
@@ -101,6 +101,17 @@ def test_corrupt_transfer_is_refused_and_deleted(setup):
     assert "vae/diffusion_pytorch_model.safetensors" in done.stderr and "failed verification twice" in done.stderr
     cached = list((tmp / "hf").rglob("vae/diffusion_pytorch_model.safetensors"))
     assert not any(p.exists() for p in cached)
+
+
+def test_sizes_the_manifest_leaves_out_are_asked_of_the_hub_before_a_download(setup):
+    """Zeroscope's files have no published sizes: the disk check asks the Hub for them (metadata
+    requests only) and refuses a download that would not fit, before any transfer."""
+    hub, tmp, _ = setup
+    done = run(tmp, hub, "download", "weights", "tiny-t2v", "--manifest", str(tmp / "weights.toml"),
+               extra_env=small_disk(tmp, 100 * 2**20))
+    assert done.returncode == 2 and "needs 0.0" in done.stderr and "GB free" in " ".join(done.stderr.split())
+    assert hub.requests_for("unet/diffusion_pytorch_model.safetensors", "HEAD")
+    assert not [r for r in hub.requests if r.method == "GET"]
 
 
 def test_offline_cold_cache_names_the_command(setup):

@@ -395,6 +395,47 @@ def _hub_etag(repo: str, path: str, revision: str, token: str | bool | None) -> 
     return meta.etag
 
 
+#: space left free on the disk a download fills, beyond the files themselves
+SPACE_MARGIN = 256 * 2**20
+
+
+def _file_sizes(entry: PackEntry, files: Iterable[FileEntry], token: str | bool | None) -> int | None:
+    """Bytes of `files`: the manifest's sizes, and for files it gives none, the sizes the Hub
+    reports (a metadata request each). None when the Hub cannot say (the download would then
+    fail on its own terms)."""
+    assert entry.repo is not None and entry.revision is not None
+    hub = _hub()
+    total = 0
+    for file in files:
+        if file.size is None:
+            try:
+                meta = hub.get_hf_file_metadata(hub.hf_hub_url(entry.repo, file.path, revision=entry.revision), token=token)
+            except (*_transport_errors(), hub.errors.HfHubHTTPError):
+                return None
+            if meta.size is None:
+                return None
+        total += file.size if file.size is not None else meta.size
+    return total
+
+
+def check_space(entry: PackEntry, files: Iterable[FileEntry], where: Path, token: str | bool | None = None) -> None:
+    """Refuse (UserInputError), before any transfer, a download of `files` that would not fit on
+    the disk holding `where` (a folder, or the nearest parent that exists), keeping
+    `SPACE_MARGIN` free."""
+    files = list(files)
+    need = _file_sizes(entry, files, token) if files else 0
+    if not need:
+        return
+    probe = Path(where).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need + SPACE_MARGIN > free:
+        raise UserInputError(
+            f"pack {entry.name!r} needs {need / 1e9:.2f} GB more in {where} and its disk has {free / 1e9:.2f} GB "
+            "free; free some space there, or put the download on another disk (HF_HOME, or --dir)")
+
+
 def _fetch_verified(
     entry: PackEntry,
     file: FileEntry,
@@ -518,6 +559,9 @@ def download_pack(
         _note_removed(progress, state.removed)
         raise _missing_error(entry.name, state.missing, command, "offline")
 
+    missing = set(find_cached_pack(entry, cache_dir=cache_dir, verify=False).missing)
+    check_space(entry, [f for f in entry.files if f.path in missing], Path(cache_dir or _hub().constants.HF_HUB_CACHE),
+                token)
     root: Path | None = None
     record: dict[str, str] = {}
     for file in entry.files:
@@ -571,6 +615,9 @@ def _download_pack_to_dir(
     missing: list[str] = []
     record_path = _record_file(target, entry.revision, in_dir=True)
     record = read_record(record_path)
+    if not offline:  # a file of the right size is there already (the loop below verifies it)
+        check_space(entry, [f for f in entry.files if not (target / f.path).is_file()
+                            or f.size is not None and (target / f.path).stat().st_size != f.size], target, token)
     try:
         for file in entry.files:
             final = target / file.path
