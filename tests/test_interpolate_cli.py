@@ -250,6 +250,25 @@ def test_an_existing_sidecar_is_refused_before_any_work(tmp_path):
     assert "interpolate" not in r.output  # refused before the progress bar started
 
 
+def test_a_file_cut_short_is_interpolated_as_far_as_it_decodes_with_a_note(tmp_path):
+    whole = lavfi(tmp_path / "whole.mp4", rate="25", seconds=4, size="160x120", audio=True,
+                  extra=("-movflags", "+faststart"))  # the index first, as a download that stopped would have it
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    r = run(cut, "--out", tmp_path / "o.mp4")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "says it lasts 4.00s, but its frames end at" in text and "cut short or damaged" in text
+    end = video_seconds(tmp_path / "o.mp4")
+    assert 0.5 < end < 3.5 and audio_seconds(tmp_path / "o.mp4") < end + 0.05  # audio as far as it survived
+    # a whole file, and one whose audio outlasts its video, get no such note
+    assert "cut short" not in run(whole, "--out", tmp_path / "w.mp4").output
+    longer = lavfi(tmp_path / "longer.mp4", rate="25", seconds=1, size="160x120")
+    subprocess.run([FFMPEG, "-loglevel", "error", "-i", str(longer), "-f", "lavfi", "-t", "3", "-i",
+                    "sine=frequency=440", "-c:v", "copy", "-c:a", "aac", str(tmp_path / "tail.mp4")], check=True)
+    assert "cut short" not in run(tmp_path / "tail.mp4", "--out", tmp_path / "t.mp4").output
+
+
 def test_too_small_and_empty_inputs(tmp_path):
     tiny = lavfi(tmp_path / "tiny.mp4", rate="25", seconds=0.2, size="2x2")
     r = run(tiny, "--out", tmp_path / "o.mp4")

@@ -142,6 +142,23 @@ def _check_free(out: Path, overwrite: bool) -> None:
             raise UserInputError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
 
 
+def _cut_short(input: Path, info, video_end: float) -> str | None:
+    """A note when the container says the file lasts well past its last frame and its audio:
+    a download cut off, or damaged data that ffmpeg skipped. The output covers what decodes."""
+    from mavcli.video.read import packet_times
+
+    if not input.is_file() or info.duration <= 0:
+        return None
+    end = video_end
+    if info.has_audio and info.duration - end > 0.5:
+        audio = packet_times(input, "a:0")
+        end = max(end, audio[1] if audio else info.duration)
+    if info.duration - end <= max(0.5, 0.05 * info.duration):
+        return None
+    return (f"{input.name} says it lasts {info.duration:.2f}s, but its frames end at {video_end:.2f}s: the file "
+            "looks cut short or damaged; the output covers what could be decoded")
+
+
 def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, device: str,
                     progress: Progress, task: TaskID, cache: dict) -> str:
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
@@ -192,6 +209,9 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
         notes.append(f"scene cuts at frames {', '.join(map(str, cuts))}: never blended across")
     if ft.variable:
         notes.append(f"variable frame rate ({count} frames over {ft.duration:.2f}s): frames placed by their timestamps")
+    short = _cut_short(input, info, ft.duration)
+    if short:
+        notes.append(short)
     audio_from, tempo = None, None
     if info.has_audio:
         if req.audio == "drop":
