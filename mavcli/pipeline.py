@@ -441,7 +441,9 @@ class MakeAVideoPipeline:
         Frames are reflect-padded to the size the network needs and cropped back. Scene
         `cuts` (indices of the first frame of a new shot) are never blended across: the gap
         before a cut is filled with copies of its two neighbours, half each.
-        `callback(stage, done, total)` reports input frames consumed as stage "frames".
+        `callback(stage, done, total)` reports input frames consumed as stage "frames", and the
+        sampler's steps on the run of frames in hand as F_i's own stage, so a slow first run
+        shows progress before its first frame comes out.
         """
         m = self.pack["interpolation"].config.size_multiple
         calls = 0
@@ -454,7 +456,7 @@ class MakeAVideoPipeline:
             if ph or pw:
                 seg = np.pad(seg, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
             video = frames_to_tensor(seg, self.device)
-            out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed + calls, **opts)
+            out = self.interpolate_video(video, frame_skip=factor, fps=fps, seed=seed + calls, callback=callback, **opts)
             calls += 1
             return tensor_to_frames(out)[:, :h, :w]
 

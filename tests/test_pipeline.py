@@ -86,6 +86,22 @@ def test_numpy_interpolate_api(pipe):
     assert np.array_equal(out.frames[::2], frames)
 
 
+def test_streamed_interpolation_reports_sampler_steps_before_its_first_frame(pipe):
+    """`mav interpolate --method diffusion` shows F_i's steps while the first run of frames is
+    sampled, which on real footage takes minutes before any frame comes out."""
+    frames = (np.random.default_rng(0).random((4, 8, 8, 3)) * 255).astype(np.uint8)
+    events: list[tuple[str, int, int]] = []
+    stream = pipe.interpolate_stream(iter(frames), 2, fps=10, chunk=3, steps=3,
+                                     callback=lambda stage, done, total: events.append((stage, done, total)))
+    first = next(stream)
+    steps = [e for e in events if e[0] != "frames"]
+    assert steps and steps[-1][1] == steps[-1][2] and all(0 < d <= t for _, d, t in steps)
+    assert np.array_equal(first, frames[0])
+    rest = list(stream)
+    assert len(rest) == 6 and np.array_equal(rest[-1], frames[-1])
+    assert len([e for e in events if e[0] != "frames"]) > len(steps)  # the second run reported its steps too
+
+
 def test_sr_h_uses_the_same_noise_for_every_frame(pipe, monkeypatch):
     import mavcli.pipeline as P
 

@@ -259,7 +259,11 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
             "pack": str(used), "precision": precision, "variable_frame_rate": ft.variable}
     with VideoWriter(out, out_fps, audio_from=audio_from, audio_tempo=tempo, encoding=None if fmt == "png" else enc,
                      source_pix_fmt=source.pix_fmt, overwrite=req.overwrite, metadata=meta) as writer:
-        for frame in stream(lambda *_: None):
+        def sampling(stage: str, done: int, total: int) -> None:  # --method diffusion: F_i's steps per run
+            if stage != "frames":
+                progress.update(task, speed=f"F_i step {done}/{total}")
+
+        for frame in stream(sampling):
             writer.append(frame[None])
             written += 1
             rate = written / max(time.perf_counter() - t0, 1e-9)
