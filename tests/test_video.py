@@ -171,6 +171,40 @@ def test_crash_mid_write_leaves_nothing(
     assert list(tmp_path.iterdir()) == []  # no output, no partial, no sidecar
 
 
+def test_a_full_disk_is_named_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mavcli.errors import MavError
+
+    # ffmpeg's encoder stops on the third frame with what it says on a full disk
+    real_ffmpeg = video_write._FfmpegBackend.write
+    said = ("ffmpeg stopped while encoding: [vost#0:0/ffv1] Error submitting a packet to the muxer: "
+            "No space left on device")
+
+    def encoder_stops(self, frame):  # type: ignore[no-untyped-def]
+        if getattr(self, "n", 0) == 2:
+            raise MavError(said)
+        self.n = getattr(self, "n", 0) + 1
+        real_ffmpeg(self, frame)
+
+    monkeypatch.setattr(video_write._FfmpegBackend, "write", encoder_stops)
+    with pytest.raises(MavError, match="filled up while full.mkv was written; nothing was kept"):
+        write_video(tmp_path / "full.mkv", _clip(), fps=10, metadata={"a": 1})
+    assert list(tmp_path.iterdir()) == []
+    # Python writing PNG frames: the third frame finds the disk full
+    real = video_write._PngBackend.write
+
+    def third_fails(self, frame):  # type: ignore[no-untyped-def]
+        if self.count == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, frame)
+
+    monkeypatch.setattr(video_write._PngBackend, "write", third_fails)
+    with pytest.raises(MavError, match="free there. Free some space or write it to another disk"):
+        write_video(tmp_path / "frames", _clip(), fps=10, metadata={"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_keyboard_interrupt_leaves_nothing_and_stops_ffmpeg(tmp_path: Path) -> None:
     frames = _clip()
     with pytest.raises(KeyboardInterrupt):

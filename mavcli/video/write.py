@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -225,6 +226,23 @@ class _PngBackend:
         pass  # the caller removes the folder
 
 
+def _disk_full(error: BaseException, path: Path) -> MavError | None:
+    """What to report when `error` means the disk holding `path` filled up (ENOSPC or a quota
+    from Python, or ffmpeg saying so); None for any other error. Called once the partial output
+    is removed, so the free space it names is what the user has to work with."""
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(error, MavError) and "No space left on device" in str(error))
+    if not full:
+        return None
+    try:
+        left = shutil.disk_usage(path.parent).free
+        free = f"{left / 1e9:.2f} GB" if left >= 1e9 else f"{left / 1e6:.0f} MB"
+    except OSError:
+        free = "too little"
+    return MavError(f"the disk holding {path.parent} filled up while {path.name} was written; nothing was kept, "
+                    f"and {free} is free there. Free some space or write it to another disk")
+
+
 def _remove(p: Path) -> None:
     try:
         if p.is_dir() and not p.is_symlink():
@@ -378,8 +396,11 @@ class VideoWriter:
             for frame in x:
                 self._backend.write(frame)  # type: ignore[union-attr]
                 self.frames_written += 1
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            full = _disk_full(e, self.path)
+            if full is not None:
+                raise full from e
             raise
 
     def _mux_audio(self) -> None:
@@ -458,8 +479,11 @@ class VideoWriter:
                 os.replace(self._tmp, self.path)
             if self._tmp_sidecar is not None and self.sidecar is not None:
                 os.replace(self._tmp_sidecar, self.sidecar)
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            full = _disk_full(e, self.path)
+            if full is not None:
+                raise full from e
             raise
         self._done = True
         return self.path
