@@ -138,6 +138,14 @@ def available_memory() -> int | None:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def size_text(nbytes: float) -> str:
+    """A size as messages give it: '3.70 GB', '512 MB' or '66 kB' (powers of 10, as disks are
+    sold and `df -H` counts)."""
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.0f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.0f} kB"
+
+
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch
     emulates bfloat16 on the CPU and it is slower than float32."""

@@ -269,6 +269,24 @@ def test_a_file_cut_short_is_interpolated_as_far_as_it_decodes_with_a_note(tmp_p
     assert "cut short" not in run(tmp_path / "tail.mp4", "--out", tmp_path / "t.mp4").output
 
 
+def test_an_output_that_cannot_fit_on_its_disk_is_refused_before_any_frame(tmp_path, monkeypatch):
+    """PNG frames or lossless video of many frames on a nearly full disk: refused up front with
+    the least size it needs; a lossy mp4 of the same frames fits and is written."""
+    import shutil
+
+    src = lavfi(tmp_path / "in.mp4", rate="25", seconds=1, size="160x120")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=150_000))
+    for out, args in (("frames", []), ("exact.mkv", ["--lossless"])):
+        r = run(src, "--out", tmp_path / out, *args)
+        text = " ".join(r.output.split())
+        assert r.exit_code == 2 and f"{out} needs at least about" in text and "150 kB free" in text, r.output
+        assert "(50 frames" in text
+    r = run(src, "--out", tmp_path / "small.mp4")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "small.mp4", "small.mp4.json"]
+
+
 def test_too_small_and_empty_inputs(tmp_path):
     tiny = lavfi(tmp_path / "tiny.mp4", rate="25", seconds=0.2, size="2x2")
     r = run(tiny, "--out", tmp_path / "o.mp4")

@@ -82,3 +82,9 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(UserInputError, match="choose one of auto, float32, bfloat16"):
         resolve_precision("half", cpu)
+
+
+def test_sizes_read_as_disks_are_sold():
+    from mavcli.runtime import size_text
+
+    assert size_text(3.7e9) == "3.70 GB" and size_text(209_715_200) == "210 MB" and size_text(65_800) == "66 kB"

@@ -234,9 +234,10 @@ def _disk_full(error: BaseException, path: Path) -> MavError | None:
         isinstance(error, MavError) and "No space left on device" in str(error))
     if not full:
         return None
+    from mavcli.runtime import size_text
+
     try:
-        left = shutil.disk_usage(path.parent).free
-        free = f"{left / 1e9:.2f} GB" if left >= 1e9 else f"{left / 1e6:.0f} MB"
+        free = size_text(shutil.disk_usage(path.parent).free)
     except OSError:
         free = "too little"
     return MavError(f"the disk holding {path.parent} filled up while {path.name} was written; nothing was kept, "

@@ -431,8 +431,10 @@ def check_space(entry: PackEntry, files: Iterable[FileEntry], where: Path, token
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if need + SPACE_MARGIN > free:
+        from mavcli.runtime import size_text
+
         raise UserInputError(
-            f"pack {entry.name!r} needs {need / 1e9:.2f} GB more in {where} and its disk has {free / 1e9:.2f} GB "
+            f"pack {entry.name!r} needs {size_text(need)} more in {where} and its disk has {size_text(free)} "
             "free; free some space there, or put the download on another disk (HF_HOME, or --dir)")
 
 
