@@ -142,9 +142,9 @@ def _check_free(out: Path, overwrite: bool) -> None:
             raise UserInputError(f"{target} already exists; pass --overwrite to replace it or choose another --out")
 
 
-#: the least an output can take per frame, as a share of the frame stored as PNG: lossless
-#: codecs keep 0.6-0.9 of it on real footage, H.264 at CRF 12 0.05-0.1, so these bounds refuse
-#: only what cannot fit however well the frames compress
+#: the least an output can take per frame, as a share of the frame stored as PNG. Measured on
+#: x2 outputs of cup and bigbuckbunny: ffv1 0.57, H.264 at CRF 12 0.036-0.048, gif 0.33-0.72;
+#: these bounds lie well below, so that only what cannot fit however well it compresses is refused
 _LEAST_SHARE = {"png": 1.0, "lossless": 0.3, "gif": 0.05, "lossy": 0.01}
 
 
