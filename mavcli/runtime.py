@@ -138,6 +138,16 @@ def available_memory() -> int | None:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` says a disk (or a quota) filled up: ENOSPC or EDQUOT from Python, or the
+    same in another tool's message (ffmpeg's, or safetensors' "os error 28")."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+
+
 def size_text(nbytes: float) -> str:
     """A size as messages give it: '3.70 GB', '512 MB' or '66 kB' (powers of 10, as disks are
     sold and `df -H` counts)."""

@@ -118,6 +118,33 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
         train(c, resume=True)
 
 
+def test_a_full_disk_stops_training_with_a_message_and_the_run_resumes(tmp_path, monkeypatch):
+    """The checkpoint of step 4 hits a full disk (as safetensors reports it): training stops
+    with a message, the step-2 checkpoint is kept, and --resume later gives the same weights."""
+    import mavcli.train.checkpoint as ckpt
+    from mavcli.errors import MavError
+
+    base = dict(stage="sr_image", preset="tiny", steps=6, batch_size=4, ckpt_every=2, warmup=2)
+    straight = train(TrainConfig(out=str(tmp_path / "a"), **base))
+    real = ckpt.save_file_atomic
+
+    def full_at_step_4(tensors, path, metadata):  # type: ignore[no-untyped-def]
+        if metadata["step"] == "4":
+            raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, metadata)
+
+    monkeypatch.setattr(ckpt, "save_file_atomic", full_at_step_4)
+    cfg = TrainConfig(out=str(tmp_path / "b"), **base)
+    with pytest.raises(MavError, match=r"is full: the checkpoint of step 4 was not written; last-previous\.safetensors "
+                                       r"\(the checkpoint before\) is kept, and --resume continues from it"):
+        train(cfg)
+    monkeypatch.setattr(ckpt, "save_file_atomic", real)
+    resumed = train(cfg, resume=True)
+    a, b = _weights(straight), _weights(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

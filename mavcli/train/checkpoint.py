@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from mavcli.errors import PackError
+from mavcli.errors import MavError, PackError
 from mavcli.weights.safetensors_io import save_file_atomic
 
 
@@ -55,7 +55,18 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, ema: tor
                 "optim_scalars": json.dumps(scalars)}
     if path.is_file():
         os.replace(path, previous_path(path))
-    return save_file_atomic(tensors, path, metadata)
+    try:
+        return save_file_atomic(tensors, path, metadata)
+    except Exception as err:  # safetensors reports a full disk as its own error type
+        from mavcli.runtime import is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        kept = previous_path(path)
+        resume = (f"; {kept.name} (the checkpoint before) is kept, and --resume continues from it once there is "
+                  "space" if kept.is_file() else "")
+        raise MavError(f"the disk holding {path.parent} is full: the checkpoint of step {step} was not "
+                       f"written{resume}") from err
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict, dict[str, torch.Tensor], dict]:

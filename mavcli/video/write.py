@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -230,11 +229,10 @@ def _disk_full(error: BaseException, path: Path) -> MavError | None:
     """What to report when `error` means the disk holding `path` filled up (ENOSPC or a quota
     from Python, or ffmpeg saying so); None for any other error. Called once the partial output
     is removed, so the free space it names is what the user has to work with."""
-    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(error, MavError) and "No space left on device" in str(error))
-    if not full:
+    from mavcli.runtime import is_disk_full, size_text
+
+    if not is_disk_full(error):
         return None
-    from mavcli.runtime import size_text
 
     try:
         free = size_text(shutil.disk_usage(path.parent).free)
