@@ -88,3 +88,27 @@ def test_sizes_read_as_disks_are_sold():
     from mavcli.runtime import size_text
 
     assert size_text(3.7e9) == "3.70 GB" and size_text(209_715_200) == "210 MB" and size_text(65_800) == "66 kB"
+
+
+def test_a_full_disk_anywhere_is_said_without_a_traceback(monkeypatch):
+    """The CLI's safety net: a disk-full error from any command (a pack being exported, a
+    report) ends it with a message and exit 1; any other error still propagates."""
+    import errno
+
+    import pytest
+    import typer
+
+    from mavcli.cli import console
+    from mavcli.runtime import is_disk_full
+
+    said = []
+    monkeypatch.setattr(console, "error", said.append)
+    with pytest.raises(typer.Exit) as info:
+        with console.user_errors():
+            raise OSError(errno.ENOSPC, "No space left on device", "runs/pack/pack.json")
+    assert info.value.exit_code == 1 and "a disk filled up" in said[0] and "runs/pack/pack.json" in said[0]
+    assert is_disk_full(Exception("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    with pytest.raises(ValueError):
+        with console.user_errors():
+            raise ValueError("a bug, shown as one")

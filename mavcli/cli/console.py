@@ -50,3 +50,10 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         error("interrupted; nothing was written.")
         raise typer.Exit(130) from None
+    except Exception as e:  # a full disk anywhere else (writing a pack, a report): said, not a traceback
+        from mavcli.runtime import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        error(f"a disk filled up: {e}. Free some space, or write to another disk, and run the command again")
+        raise typer.Exit(1) from None
