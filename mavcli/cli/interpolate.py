@@ -364,7 +364,6 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code)
             out = out.expanduser() if out is not None else _default_out(input, req)
             _check_request(req, _out_format(out))
-            _check_free(out, overwrite)
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
                 raise UserInputError(f"the output folder {parent} does not exist; create it or choose another --out")

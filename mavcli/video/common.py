@@ -73,8 +73,9 @@ def video_stream(header: str) -> tuple[int, str] | None:
 
 
 def stream_rotation(header: str, index: int) -> int:
-    """Degrees (0, 90, 180 or 270) that stream `index`'s display matrix turns the picture by, from the "Side data" under its line in ffmpeg's header text. ffmpeg applies
-    it when decoding, so frames arrive turned, and a 90 or 270 turn swaps the pixel aspect ratio."""
+    """Degrees (0, 90, 180 or 270) that stream `index`'s display matrix turns the picture by,
+    from the "Side data" under its line in ffmpeg's header text. ffmpeg applies it when
+    decoding, so frames arrive turned, and a 90 or 270 turn swaps the pixel aspect ratio."""
     lines = header.splitlines()
     for i, line in enumerate(lines):
         if re.match(rf"\s*Stream #0:{index}\b", line):

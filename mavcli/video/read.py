@@ -237,10 +237,10 @@ def _folder_info(folder: Path) -> dict[str, Any]:
     return {}
 
 
-def folder_fps(folder: Path) -> float | None:
-    """The frame rate mavcli recorded in a frames folder's video.json; None when it states none
-    (frames from elsewhere), in which case readers take ``DEFAULT_FPS``."""
-    fps = _folder_info(folder).get("fps")
+def folder_fps(folder: Path, info: dict[str, Any] | None = None) -> float | None:
+    """The frame rate mavcli recorded in a frames folder's video.json (`info`, when already
+    read); None when it states none (frames from elsewhere): readers then take ``DEFAULT_FPS``."""
+    fps = (_folder_info(folder) if info is None else info).get("fps")
     return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
 
 
@@ -312,7 +312,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = False) -> VideoInfo:
         files = _frame_files(p)
         first = _read_image(files[0])
         info = _folder_info(p)
-        fps = folder_fps(p) or DEFAULT_FPS
+        fps = folder_fps(p, info) or DEFAULT_FPS
         meta = info.get("metadata")
         return VideoInfo(
             path=p,
@@ -381,7 +381,7 @@ def read_video(
         if max_frames:
             files = files[:max_frames]
         info = _folder_info(p)
-        fps = folder_fps(p) or DEFAULT_FPS
+        fps = folder_fps(p, info) or DEFAULT_FPS
         meta = info.get("metadata")
         frames_list = list(_iter_folder(p, files))
         clip = VideoClip(

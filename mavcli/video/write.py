@@ -233,7 +233,6 @@ def _disk_full(error: BaseException, path: Path) -> MavError | None:
 
     if not is_disk_full(error):
         return None
-
     try:
         free = size_text(shutil.disk_usage(path.parent).free)
     except OSError:
