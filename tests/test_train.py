@@ -1,6 +1,7 @@
 """Training: every stage learns (one step lowers its loss), exact resume, data-parallel
 equality (two gloo processes == one process), and export -> load -> generate."""
 
+import importlib.util
 import os
 import socket
 
@@ -288,6 +289,44 @@ def test_real_data_folders_train_every_kind_of_stage(tmp_path):
     (images / "stray.png").write_bytes((images / "0.png").read_bytes())
     with pytest.raises(UserInputError, match="stray.png"):
         train(TrainConfig(stage="clip", **{**common, "out": str(tmp_path / "other")}))
+
+
+def test_a_video_folder_is_probed_once_and_its_unreadable_files_are_left_out_with_a_word(tmp_path, monkeypatch):
+    """`mav train ... --videos DIR`: every file was probed (an ffmpeg run each) for every batch,
+    and one broken file stopped the run. Now the folder is read once per run, and a file that
+    cannot be read is left out with a message; a folder with nothing readable is refused."""
+    import mavcli.video as video
+    from mavcli.data.folders import VideoFolder
+    from mavcli.data.motion import default_motion_data
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    ramp = np.linspace(0, 255, 40).astype(np.uint8)
+    clip = np.stack([np.roll(np.broadcast_to(ramp[None, :, None], (40, 40, 3)), k, axis=1) for k in range(8)])
+    from mavcli.video import write_video
+
+    write_video(videos / "pan.mp4", clip, 20)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    probes = []
+    real_probe = video.probe_video
+    monkeypatch.setattr(video, "probe_video", lambda p, **k: probes.append(p) or real_probe(p, **k))
+    heard = []
+    last = train(TrainConfig(stage="sr_video", preset="tiny", steps=3, batch_size=2, ckpt_every=3,
+                             out=str(tmp_path / "runs"), videos=str(videos)), on_message=heard.append)
+    assert read_checkpoint(last)[0] == 3
+    assert len(probes) == 2  # each file once, for the whole run
+    assert len(heard) == 1 and "left out of training" in heard[0] and "broken.mp4" in heard[0]
+    # the interpolator's footage leaves it out the same way (its mix also needs scikit-image)
+    if importlib.util.find_spec("skimage") is not None:
+        said = []
+        mix = default_motion_data(videos=str(videos), crop=32, on_skip=said.append)
+        assert len(said) == 1 and "broken.mp4" in said[0]
+        assert mix.sample(torch.Generator().manual_seed(0))["i0"].shape[-1] == 32
+    (videos / "pan.mp4").unlink()
+    with pytest.raises(UserInputError, match="no video in .* can be trained on: .*broken.mp4"):
+        VideoFolder(videos, frames=3, size=16)
+    with pytest.raises(UserInputError, match="no video in .* can be trained on: .*broken.mp4"):
+        default_motion_data(videos=str(videos), crop=32)
 
 
 def test_image_mix_trains_the_keyframe_decoder_on_images_and_leaves_its_temporal_layers_alone():

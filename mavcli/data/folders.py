@@ -81,6 +81,17 @@ class ImageCaptionFolder:
                 "caption": path.with_suffix(".txt").read_text().strip(), "index": index}
 
 
+def video_files(root: str | Path) -> list[Path]:
+    """The video files below the folder `root` (UserInputError when it is missing or has none)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserInputError(f"video folder {root} does not exist")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise UserInputError(f"{root} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return paths
+
+
 class VideoFolder:
     """Map-style dataset of random clips from uncaptioned videos at random frame rates."""
 
@@ -88,16 +99,24 @@ class VideoFolder:
                  seed: int = 0, length: int = 2**62) -> None:
         from mavcli.video import probe_video
 
-        root = Path(root)
-        if not root.is_dir():
-            raise UserInputError(f"video folder {root} does not exist")
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not paths:
-            raise UserInputError(f"{root} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
         lo, hi = fps_range
         if not 0 < lo <= hi:
             raise UserInputError(f"fps range must satisfy 0 < low <= high, got {fps_range}")
-        self.videos = [(p, probe_video(p)) for p in paths]
+        self.videos = []
+        #: (file, why) for each video left out: unreadable, or fewer than 2 frames
+        self.skipped: list[tuple[Path, str]] = []
+        for p in video_files(root):
+            try:
+                info = probe_video(p)
+            except UserInputError as err:
+                self.skipped.append((p, str(err)))
+                continue
+            if info.num_frames < 2:
+                self.skipped.append((p, f"{p.name} has {info.num_frames} frame"))
+            else:
+                self.videos.append((p, info))
+        if not self.videos:
+            raise UserInputError(f"no video in {root} can be trained on: {self.skipped[0][1]}")
         self.frames, self.size, self.fps_range, self.seed, self.length = frames, size, fps_range, seed, length
 
     def __len__(self) -> int:

