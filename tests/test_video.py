@@ -320,6 +320,22 @@ def test_folder_of_frames_in_natural_order(tmp_path: Path) -> None:
     assert clip.fps == video.DEFAULT_FPS and clip.has_audio is False
 
 
+def test_still_images_read_as_8_bit_rgb_and_a_damaged_one_is_named(tmp_path: Path) -> None:
+    """The reader of frames folders and of captioned training images."""
+    import imageio.v3 as iio
+
+    from mavcli.video.read import read_image
+
+    deep = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 257)  # 16-bit gray
+    iio.imwrite(tmp_path / "deep.png", deep)
+    got = read_image(tmp_path / "deep.png")
+    assert got.dtype == np.uint8 and got.shape == (16, 16, 3) and np.array_equal(got[..., 1], deep // 257)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UserInputError, match=r"cannot read the image .*bad.png \(not an image, or damaged\?\)") as info:
+        read_image(tmp_path / "bad.png")
+    assert "pip install" not in str(info.value)  # imageio's plugin suggestions are left out
+
+
 def test_audio_is_kept(tmp_path: Path) -> None:
     src = _audio_source(tmp_path)
     assert probe_video(src).has_audio

@@ -65,18 +65,13 @@ class ImageCaptionFolder:
         return [p.with_suffix(".txt").read_text().strip() for p in self.images]
 
     def __getitem__(self, index: int) -> dict:
-        import imageio.v3 as iio
         import torch
+
+        from mavcli.video.read import read_image
 
         order = np.random.default_rng([self.seed, index // len(self.images)]).permutation(len(self.images))
         path = self.images[order[index % len(self.images)]]
-        try:
-            image = iio.imread(path)
-        except Exception as err:  # noqa: BLE001 - any decoder failure: name the file
-            raise UserInputError(f"cannot read image {path}: {err}") from None
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        image = image[..., :3]
+        image = read_image(path)
         return {"image": torch.from_numpy(_square(image, self.size)[0]),
                 "caption": path.with_suffix(".txt").read_text().strip(), "index": index}
 

@@ -244,13 +244,17 @@ def folder_fps(folder: Path, info: dict[str, Any] | None = None) -> float | None
     return float(fps) if isinstance(fps, (int, float)) and fps > 0 else None
 
 
-def _read_image(p: Path) -> np.ndarray:
+def read_image(p: Path) -> np.ndarray:
+    """One still image as uint8 RGB `(h, w, 3)`: gray expanded, alpha dropped, 16-bit scaled;
+    UserInputError naming the file when it cannot be read."""
     import imageio.v3 as iio
 
     try:
         img = np.asarray(iio.imread(p))
     except Exception as e:  # imageio raises many types for a bad image
-        raise UserInputError(f"cannot read the frame {p}: {e}") from e
+        # imageio's first line says what failed; the rest suggests plugins to install
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserInputError(f"cannot read the image {p} (not an image, or damaged?): {reason}") from e
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.ndim != 3:
@@ -270,7 +274,7 @@ def _read_image(p: Path) -> np.ndarray:
 def _iter_folder(folder: Path, files: list[Path]) -> Iterator[np.ndarray]:
     first_shape = None
     for p in files:
-        img = _read_image(p)
+        img = read_image(p)
         if first_shape is None:
             first_shape = img.shape
         elif img.shape != first_shape:
@@ -310,7 +314,7 @@ def probe_video(path: str | os.PathLike[str], exact: bool = False) -> VideoInfo:
     p = _check_input(path)
     if p.is_dir():
         files = _frame_files(p)
-        first = _read_image(files[0])
+        first = read_image(files[0])
         info = _folder_info(p)
         fps = folder_fps(p, info) or DEFAULT_FPS
         meta = info.get("metadata")
