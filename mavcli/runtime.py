@@ -148,6 +148,17 @@ def is_disk_full(error: BaseException) -> bool:
     return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
 
 
+def disk_free(where: str | os.PathLike[str]) -> int:
+    """Bytes free on the disk that holds `where` (a file or folder, or the nearest parent of it
+    that exists)."""
+    import shutil
+
+    probe = Path(where).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
 def size_text(nbytes: float) -> str:
     """A size as messages give it: '3.70 GB', '512 MB' or '66 kB' (powers of 10, as disks are
     sold and `df -H` counts)."""

@@ -152,11 +152,10 @@ def _check_space(out: Path, fmt: str, enc, frame, frames: int) -> None:
     """Refuse, before any frame is made, an output whose least size (the first frame's PNG size
     times the frames, times `_LEAST_SHARE`) exceeds the free space of its disk."""
     import io
-    import shutil
 
     import imageio.v3 as iio
 
-    from mavcli.runtime import size_text
+    from mavcli.runtime import disk_free, size_text
 
     if frame is None:
         return
@@ -165,7 +164,7 @@ def _check_space(out: Path, fmt: str, enc, frame, frames: int) -> None:
     kind = fmt if fmt in ("png", "gif") else "lossless" if enc.lossless or enc.codec == "ffv1" else "lossy"
     need = int(len(buf.getvalue()) * frames * _LEAST_SHARE[kind])
     parent = out.parent if str(out.parent) else Path(".")
-    free = shutil.disk_usage(parent).free
+    free = disk_free(parent)
     if need > free:
         raise UserInputError(
             f"{out.name} needs at least about {size_text(need)} ({frames} frames{' of PNG' if kind == 'png' else ''}"

@@ -229,12 +229,12 @@ def _disk_full(error: BaseException, path: Path) -> MavError | None:
     """What to report when `error` means the disk holding `path` filled up (ENOSPC or a quota
     from Python, or ffmpeg saying so); None for any other error. Called once the partial output
     is removed, so the free space it names is what the user has to work with."""
-    from mavcli.runtime import is_disk_full, size_text
+    from mavcli.runtime import disk_free, is_disk_full, size_text
 
     if not is_disk_full(error):
         return None
     try:
-        free = size_text(shutil.disk_usage(path.parent).free)
+        free = size_text(disk_free(path.parent))
     except OSError:
         free = "too little"
     return MavError(f"the disk holding {path.parent} filled up while {path.name} was written; nothing was kept, "

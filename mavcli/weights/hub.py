@@ -426,12 +426,10 @@ def check_space(entry: PackEntry, files: Iterable[FileEntry], where: Path, token
     need = _file_sizes(entry, files, token) if files else 0
     if not need:
         return
-    probe = Path(where).expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    from mavcli.runtime import disk_free, size_text
+
+    free = disk_free(where)
     if need + SPACE_MARGIN > free:
-        from mavcli.runtime import size_text
 
         raise UserInputError(
             f"pack {entry.name!r} needs {size_text(need)} more in {where} and its disk has {size_text(free)} "
