@@ -224,7 +224,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     cuts = detect_scene_cuts(counted())
     if count < 2:
         raise UserInputError(f"{input} has {count} frame; interpolation needs at least 2")
-    ft = frame_times(input, count, folder_rate=req.input_fps)
+    ft = frame_times(input, count, folder_rate=req.input_fps, info=info)
     fmt = _out_format(out)
     in_fps = ft.fps
     if req.method == "flow":

@@ -471,13 +471,15 @@ def packet_times(path: Path, stream: str = "v:0") -> tuple[list[float], float] |
     return times, end
 
 
-def frame_times(path: str | os.PathLike[str], count: int | None = None, folder_rate: float | None = None) -> FrameTimes:
+def frame_times(path: str | os.PathLike[str], count: int | None = None, folder_rate: float | None = None,
+                info: VideoInfo | None = None) -> FrameTimes:
     """The time of every frame of a video file or frames folder (see ``FrameTimes``).
 
     ``count``: the number of frames the decoder gives (when already known); the timestamps are
     used only when they describe that many frames, else the nominal rate stands.
-    ``folder_rate``: the rate of a frames folder, in place of its video.json's or ``DEFAULT_FPS``."""
-    info = probe_video(path)
+    ``folder_rate``: the rate of a frames folder, in place of its video.json's or ``DEFAULT_FPS``.
+    ``info``: the video's ``probe_video``, when the caller has it already."""
+    info = probe_video(path) if info is None else info
     fps = folder_rate if folder_rate is not None and info.path.is_dir() else info.fps
     n = count if count is not None else info.num_frames
     even = [i / fps for i in range(n)]
