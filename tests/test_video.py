@@ -320,6 +320,7 @@ def test_folder_of_frames_in_natural_order(tmp_path: Path) -> None:
     assert clip.fps == video.DEFAULT_FPS and clip.has_audio is False
 
 
+@pytest.mark.filterwarnings("ignore:The legacy `DICOM` plugin:DeprecationWarning")  # imageio trying its plugins
 def test_still_images_read_as_8_bit_rgb_and_a_damaged_one_is_named(tmp_path: Path) -> None:
     """The reader of frames folders and of captioned training images."""
     import imageio.v3 as iio
