@@ -265,7 +265,7 @@ def test_command_opens_the_learned_interpolator_only_when_asked(tmp_path, monkey
     [
         (["missing.mp4"], "does not exist"),
         (["{clip}", "--task", "x3"], "--task 'x3': choose from x2, x4"),
-        (["{clip}", "--method", "rife"], "--method 'rife': choose from blend, ffmpeg, dis, mavcli"),
+        (["{clip}", "--method", "film"], "--method 'film': choose from blend, ffmpeg, dis, mavcli, rife"),
         (["{clip}", "--start", "1"], "--start 1: give a fraction in [0, 1)"),
         (["{short}", "--method", "blend"], "too short for x4"),
         (["{clip}", "--method", "blend", "--start", "0.9"], "or a smaller start"),

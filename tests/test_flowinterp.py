@@ -411,7 +411,7 @@ def test_cli_interpolate_flow_method(flow_pack, tmp_path):
     res = runner.invoke(app, ["interpolate", str(src), "--pack", str(flow_pack), "--steps", "3", "-o", str(tmp_path / "b.mp4")])
     assert res.exit_code == 2 and "--steps" in res.output
     res = runner.invoke(app, ["interpolate", str(src), "--method", "optical", "-o", str(tmp_path / "c.mp4")])
-    assert res.exit_code == 2 and "flow or diffusion" in res.output
+    assert res.exit_code == 2 and "one of flow, rife, diffusion" in res.output
 
 
 def test_bundled_realinterp_pack_is_pinned_and_follows_motion():

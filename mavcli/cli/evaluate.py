@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
         videos: list[Path] = typer.Argument(..., help="Clips to evaluate on (anything ffmpeg decodes, or folders of frames).", show_default=False),
         height: int = typer.Option(256, help="Resize every clip to this height first (aspect kept); 0 keeps the clip's size."),
         tasks: list[str] = typer.Option([], "--task", help="x2: rebuild every odd frame; x4: keep every 4th frame, rebuild the 3 between (default: both)."),
-        methods: list[str] = typer.Option([], "--method", help=f"{', '.join(INTERP_METHODS)} (default: all)."),
+        methods: list[str] = typer.Option([], "--method", help=f"{', '.join(INTERP_METHODS)} (default: {', '.join(INTERP_DEFAULT)}; rife fetches its pack once)."),
         start: float = typer.Option(0.0, help="Evaluate only from this fraction of each clip on (0.7: the last 30%)."),
         pack: Optional[str] = typer.Option(None, help="Pack of the mavcli method (default: the realinterp pack)."),
         device: str = typer.Option("auto", help="Device of the mavcli method: auto, cpu, cuda or mps."),
@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
             from mavcli.video import probe_video
 
             tasks = list(dict.fromkeys(tasks or TASKS))
-            names = list(dict.fromkeys(methods or INTERP_METHODS))
+            names = list(dict.fromkeys(methods or INTERP_DEFAULT))
             check_choices("--task", tasks, TASKS)
             check_choices("--method", names, INTERP_METHODS)
             if height < 0 or 0 < height < 16:
@@ -170,11 +170,15 @@ def register(app: typer.Typer) -> None:
                     task_windows(clip.frames.shape[0], t, start, name=str(v))  # too short: fails before any work
                 clips.append(clip)
 
-            interpolators = baseline_methods([m for m in names if m != "mavcli"])
+            interpolators = baseline_methods([m for m in names if m not in ("mavcli", "rife")])
             if "mavcli" in names:
                 from mavcli.cli.loading import open_flow_interpolator
 
                 interpolators["mavcli"] = open_flow_interpolator(pack, device)
+            if "rife" in names:
+                from mavcli.cli.loading import open_rife_interpolator
+
+                interpolators["rife"] = open_rife_interpolator(None, device)
             interpolators = {m: interpolators[m] for m in names}  # the order asked
 
             total = sum(len(task_windows(c.frames.shape[0], t, start)) for c in clips for t in tasks) * len(names)
@@ -203,7 +207,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")
 
 
-INTERP_METHODS = ("blend", "ffmpeg", "dis", "mavcli")
+INTERP_METHODS = ("blend", "ffmpeg", "dis", "mavcli", "rife")
+#: what --method leaves out by default: rife needs its pack from the Hub (21 MB)
+INTERP_DEFAULT = INTERP_METHODS[:4]
 
 
 def _interp_table(reports, methods: list[str]) -> Table:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from mavcli.cli import console
-from mavcli.cli.loading import check_matcher_options, check_precision, open_pipeline, set_threads
+from mavcli.cli.loading import check_matcher_options, check_pack_kind, check_precision, open_pipeline, set_threads
 from mavcli.cli.progress import CascadeProgress
 from mavcli.errors import UserInputError
 from mavcli.models import SAMPLED_STAGES
@@ -142,6 +142,8 @@ def register(app: typer.Typer) -> None:
             from mavcli.cli.generate_latent import LATENT_STEP_STAGES, find_latent_pack
 
             latent = find_latent_pack(pack, manifest)  # downloads come after every check
+            if latent is None:
+                check_pack_kind(pack, ("mavcli",), "mav generate", manifest)
             stages = LATENT_STEP_STAGES if latent is not None else SAMPLED_STAGES
             step_table = _pairs(stage_steps, "--stage-steps", int, stages)
             guide_table = _pairs(stage_guidance, "--stage-guidance", float, stages)

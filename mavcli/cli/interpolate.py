@@ -1,6 +1,7 @@
 """`mav interpolate INPUT`: more frames between a real video's frames, at any target rate, for
 one video or a folder of them. Default method `flow`: DIS optical flow refined by the realinterp
-pack's network (deterministic, one evaluation per new frame); `diffusion`: the cascade pack's
+pack's network (deterministic, one evaluation per new frame); `rife`: the published RIFE v4.13
+network (weights.toml's rife pack), likewise at any rate; `diffusion`: the cascade pack's
 masked-frame diffusion network F_i (Make-A-Video 3.3), for 2, 4 or 8 times the frames."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # the video layer loads on demand: `mav --help` stays fast
     from mavcli.video.encoding import Encoding, SourceStream
 
 DIFFUSION_FACTORS = (2, 4, 8)
+METHODS = ("flow", "rife", "diffusion")
 AUDIO_MODES = ("auto", "copy", "drop", "stretch")
 _WRITABLE_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 
@@ -69,10 +71,10 @@ def _check_request(req: Request, out_format: str) -> None:
     """What can be refused before any video is opened."""
     from mavcli.video.encoding import choose_encoder
 
-    if req.method not in ("flow", "diffusion"):
-        raise UserInputError(f"--method must be flow or diffusion; got {req.method!r}")
-    if req.method == "flow" and req.steps is not None:
-        raise UserInputError("--steps applies to --method diffusion only (the flow method samples nothing)")
+    if req.method not in METHODS:
+        raise UserInputError(f"--method must be one of {', '.join(METHODS)}; got {req.method!r}")
+    if req.method != "diffusion" and req.steps is not None:
+        raise UserInputError(f"--steps applies to --method diffusion only (the {req.method} method samples nothing)")
     given = [n for n, v in (("--factor", req.factor), ("--fps", req.fps), ("--slowmo", req.slowmo)) if v is not None]
     if len(given) > 1:
         raise UserInputError(f"give one of --factor, --fps or --slowmo, not {' and '.join(given)}")
@@ -84,7 +86,7 @@ def _check_request(req: Request, out_format: str) -> None:
         raise UserInputError(f"--fps must be a positive number of frames per second; got {req.fps:g}")
     if req.method == "diffusion" and (req.fps is not None or req.slowmo is not None or (req.factor or 2) not in DIFFUSION_FACTORS):
         raise UserInputError("--method diffusion makes 2, 4 or 8 times the frames (--factor 2|4|8); "
-                             "use --method flow for --fps, --slowmo or other factors")
+                             "use --method flow or rife for --fps, --slowmo or other factors")
     if req.audio not in AUDIO_MODES:
         raise UserInputError(f"--audio must be one of {', '.join(AUDIO_MODES)}; got {req.audio!r}")
     if req.audio == "stretch" and req.slowmo is None:
@@ -193,7 +195,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                     progress: Progress, task: TaskID, cache: dict) -> str:
     """Write `out` from `input`; returns the summary line. `cache` keeps the loaded model
     across the files of a batch."""
-    from mavcli.interpolator import MIN_SIDE, FlowInterpolator
+    from mavcli.interpolator import MIN_SIDE, FlowInterpolator, RifeInterpolator
     from mavcli.pipeline import MakeAVideoPipeline, resolve_device
     from mavcli.retime import plan_pairs, retiming
     from mavcli.video import DEFAULT_FPS, VideoWriter, detect_scene_cuts, frame_times, iter_video_frames, probe_video
@@ -208,6 +210,8 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                              f"{MIN_SIDE}x{MIN_SIDE} pixels (scale it up first, e.g. ffmpeg -vf scale=-2:{MIN_SIDE * 4})")
     if req.method == "flow" and flow_device(device) == "cpu":  # before the video is decoded
         FlowInterpolator.check_memory(info.width, info.height)
+    elif req.method == "rife" and flow_device(device) == "cpu":
+        RifeInterpolator.check_memory(info.width, info.height)
     elif req.method == "diffusion" and resolve_device(device).type == "cpu":
         MakeAVideoPipeline.check_interpolate_memory(info.width, info.height, info.num_frames, req.factor or 2, req.chunk)
     t0 = time.perf_counter()
@@ -227,7 +231,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     ft = frame_times(input, count, folder_rate=req.input_fps, info=info)
     fmt = _out_format(out)
     in_fps = ft.fps
-    if req.method == "flow":
+    if req.method != "diffusion":
         plain = req.fps is None and req.slowmo is None
         r = retiming(in_fps, ft.duration, factor=(req.factor or 2) if plain else None, fps=req.fps, slowmo=req.slowmo)
         out_fps, n_out = r.fps, len(r.out_times)
@@ -263,12 +267,10 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
     notes += carried_notes
     _check_space(out, fmt, enc, first, n_out)
 
-    if req.method == "flow":
-        if "flow" not in cache:
-            from mavcli.cli.loading import open_flow_interpolator
-
-            cache["flow"] = open_flow_interpolator(pack, device, req.precision)
-        interp = cache["flow"]
+    if req.method != "diffusion":
+        if req.method not in cache:
+            cache.update(_open_early(req, pack, device, input))
+        interp = cache[req.method]
         used, precision = interp.path, interp.precision
         plan = plan_pairs(ft.times, r.out_times, cuts)
 
@@ -277,7 +279,7 @@ def interpolate_one(input: Path, out: Path, req: Request, pack: str | None, devi
                                         cuts=cuts, callback=cb)
     else:
         if "pipe" not in cache:
-            cache["pipe"] = open_pipeline(pack, device, precision=req.precision)
+            cache.update(_open_early(req, pack, device, input))
         pipe = cache["pipe"]
         used, precision = pipe.pack.path, pipe.precision
         opts = {"steps": req.steps} if req.steps else {}
@@ -323,8 +325,9 @@ def register(app: typer.Typer) -> None:
         pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Stored pixel format (default: the input's where the codec can hold it, else yuv420p)."),
         audio: str = typer.Option("auto", "--audio", help="auto (copy; dropped for --slowmo), copy, drop, or stretch (--slowmo: slowed to match, pitch kept)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (a folder run otherwise skips finished files)."),
-        method: str = typer.Option("flow", help="flow (fast, deterministic; for real footage) or diffusion (F_i, sampled)."),
-        pack: Optional[str] = typer.Option(None, help="Pack to use (default: realinterp for flow, the default pack for diffusion)."),
+        method: str = typer.Option("flow", help="flow (DIS flow + mavcli's network; fast, deterministic), rife (RIFE v4.13, fetched once: 21 MB) or diffusion (F_i, sampled)."),
+        pack: Optional[str] = typer.Option(None, help="Pack to use (default: realinterp for flow, rife for rife, the default pack for diffusion)."),
+        manifest: Optional[Path] = typer.Option(None, "--manifest", dir_okay=False, help="Read this weights.toml instead of mavcli's own (for --pack names)."),
         steps: Optional[int] = typer.Option(None, help="diffusion: sampler steps of F_i (default: the pack's)."),
         seed: int = typer.Option(0, help="diffusion: random seed of the sampler."),
         chunk: int = typer.Option(9, help="diffusion: input frames held in memory at a time."),
@@ -359,19 +362,34 @@ def register(app: typer.Typer) -> None:
             check_precision(precision)
             set_threads(threads)
             if batch:
-                code = _run_batch(input, out, req, pack, device, quiet)
+                code = _run_batch(input, out, req, pack, device, quiet, manifest)
                 raise typer.Exit(code)
             out = out.expanduser() if out is not None else _default_out(input, req)
             _check_request(req, _out_format(out))
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
                 raise UserInputError(f"the output folder {parent} does not exist; create it or choose another --out")
+            cache = _open_early(req, pack, device, input, manifest)
             progress = _progress(quiet)
             with progress:
                 task = progress.add_task("interpolate", total=None, name="interpolate", speed="", visible=False)
-                summary = interpolate_one(input, out, req, pack, device, progress, task, {})
+                summary = interpolate_one(input, out, req, pack, device, progress, task, cache)
             console.info(summary)
             console.result(str(out))
+
+
+def _open_early(req: Request, pack: str | None, device: str, input: Path, manifest: Path | None = None) -> dict:
+    """The run's interpolator, opened before its progress bars start (`rife` may first download
+    its pack, with a progress display of its own), once the input is known to be readable."""
+    from mavcli.cli.loading import open_flow_interpolator, open_rife_interpolator
+    from mavcli.video import probe_video
+
+    if not input.is_dir():
+        probe_video(input)  # a clear error for a missing or unreadable file, before any download
+    if req.method == "diffusion":
+        return {"pipe": open_pipeline(pack, device, manifest, precision=req.precision)}
+    opener = open_flow_interpolator if req.method == "flow" else open_rife_interpolator
+    return {req.method: opener(pack, device, req.precision, manifest)}
 
 
 def _progress(quiet: bool) -> Progress:
@@ -379,7 +397,8 @@ def _progress(quiet: bool) -> Progress:
                     TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), console=console.err, disable=quiet)
 
 
-def _run_batch(folder: Path, out: Path | None, req: Request, pack: str | None, device: str, quiet: bool) -> int:
+def _run_batch(folder: Path, out: Path | None, req: Request, pack: str | None, device: str, quiet: bool,
+               manifest: Path | None = None) -> int:
     """Every video in `folder` into the folder `out`: a failed file is reported and the rest go
     on (exit 1 at the end), a finished output is skipped (so a stopped batch resumes)."""
     videos = _videos_in(folder)
@@ -395,7 +414,7 @@ def _run_batch(folder: Path, out: Path | None, req: Request, pack: str | None, d
         _check_request(req, _out_format(target))
     out.mkdir(parents=True, exist_ok=True)
     failed, skipped, done = [], [], []
-    cache: dict = {}
+    cache = _open_early(req, pack, device, folder, manifest)
     progress = _progress(quiet)
     with progress:
         overall = progress.add_task("files", total=len(targets), name="all files", speed="")

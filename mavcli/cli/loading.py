@@ -52,9 +52,29 @@ def set_threads(threads: int | None) -> str:
     return choice.describe()
 
 
+#: what each kind of manifest pack is for, in the messages that refuse it elsewhere
+_KIND_USE = {"rife": "a RIFE frame interpolator: use it with mav interpolate --method rife",
+             "diffusers": "an open latent video model: use it with mav generate --pack NAME"}
+
+
+def check_pack_kind(pack: str | None, kinds: tuple[str, ...], command: str, manifest: Path | None = None) -> None:
+    """Refuse (UserInputError), before anything is downloaded, a manifest pack whose kind
+    `command` cannot use; a folder or an unknown name is left to the loader."""
+    from mavcli.errors import UserInputError
+    from mavcli.weights.manifest import load_manifest
+
+    if pack is None or Path(pack).expanduser().is_dir():
+        return
+    entry = load_manifest(manifest).get(pack)
+    if entry is not None and entry.kind not in kinds:
+        use = _KIND_USE.get(entry.kind, "a mavcli pack: use it with mav generate or mav interpolate --method flow|diffusion")
+        raise UserInputError(f"{command} cannot use pack {pack!r}; it is {use}")
+
+
 def open_pipeline(pack: str | None, device: str, manifest: Path | None = None, precision: str = "auto"):
     from mavcli.pipeline import MakeAVideoPipeline
 
+    check_pack_kind(pack, ("mavcli",), "the cascade (mav generate, --method diffusion)", manifest)
     return MakeAVideoPipeline.from_pretrained(_pack_path(pack, manifest), device=device, precision=precision)
 
 
@@ -72,14 +92,31 @@ def _pack_path(pack: str | None, manifest: Path | None = None) -> Path:
         return resolve_pack(pack, manifest=load_manifest(manifest), allow_download=True, progress=progress)
 
 
-def open_flow_interpolator(pack: str | None = None, device: str = "auto", precision: str = "auto"):
+def open_flow_interpolator(pack: str | None = None, device: str = "auto", precision: str = "auto",
+                          manifest: Path | None = None):
     """The real-footage interpolator (`mav interpolate`'s default method) from `pack` (default:
     the realinterp pack), on `device` (auto: CUDA when there is one; DIS flow always runs on
     the CPU), its network computing in `precision`. Returns a callable (frame0, frame1, times)
     -> frames."""
     from mavcli.interpolator import FlowInterpolator
 
-    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK), device=flow_device(device), precision=precision)
+    check_pack_kind(pack, ("mavcli",), "--method flow", manifest)
+    return FlowInterpolator.from_pretrained(_pack_path(pack or FLOW_PACK, manifest), device=flow_device(device),
+                                            precision=precision)
+
+
+RIFE_PACK = "rife"  # weights.toml name of the published RIFE network (mav interpolate --method rife)
+
+
+def open_rife_interpolator(pack: str | None = None, device: str = "auto", precision: str = "auto",
+                          manifest: Path | None = None):
+    """`mav interpolate --method rife`: the RIFE network of `pack` (default: the rife pack,
+    fetched from the Hub the first time) on `device` (auto: CUDA when there is one)."""
+    from mavcli.interpolator import RifeInterpolator
+
+    check_pack_kind(pack, ("rife",), "--method rife", manifest)
+    return RifeInterpolator.from_pretrained(_pack_path(pack or RIFE_PACK, manifest), device=flow_device(device),
+                                            precision=precision)
 
 
 def flow_device(device: str = "auto") -> str:

@@ -59,7 +59,9 @@ REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]
 HUB_HASH = "hub"
 _PACK_KEYS = {"repo", "revision", "bundled", "description", "files", "kind", "licence", "unpinned"}
 #: what a pack is: mavcli's own layout (pack.json), or a diffusers-layout latent video model
-PACK_KINDS = {"mavcli": "pack.json", "diffusers": "model_index.json"}
+#: pack kind -> the file that must be among its files: a mavcli pack's index, a diffusers layout's
+#: index, or for a published RIFE network (models/rife.py) its one safetensors file (any name)
+PACK_KINDS = {"mavcli": "pack.json", "diffusers": "model_index.json", "rife": "*.safetensors"}
 _FILE_KEYS = {"path", "sha256", "size"}
 _TOP_KEYS = {"default", "packs"}
 
@@ -367,7 +369,10 @@ def _parse_files(raw_files: Any, where: str, name: str, kind: str = "mavcli") ->
         seen.add(entry.path)
         files.append(entry)
     index = PACK_KINDS[kind]
-    if index not in seen:
+    if index.startswith("*"):
+        if sum(p.endswith(index[1:]) for p in seen) != 1:
+            raise ManifestError(f"{where}: a {kind} pack holds exactly one {index[1:]} file")
+    elif index not in seen:
         raise ManifestError(f"{where}: the files must include the pack index {index!r}")
     return files
 

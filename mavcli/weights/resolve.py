@@ -176,6 +176,8 @@ def pack_stages(entry: PackEntry, folder: Path | None) -> str:
     """The stages a pack brings, e.g. "C_x P D^t F_i SR_l^t SR_h"."""
     if entry.kind == "diffusers":
         return "C_x D^t (latent, no P)"
+    if entry.kind == "rife":
+        return "F_i (RIFE)"
     names = [f.path.removesuffix(".safetensors") for f in entry.files if f.path.endswith(".safetensors")]
     if folder is not None and not names:
         names = [p.stem for p in sorted(folder.glob("*.safetensors"))]
