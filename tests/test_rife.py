@@ -181,11 +181,19 @@ def test_method_rife_fetches_its_pack_once_and_retimes(tmp_path):
         again = _run(tmp_path, hub, *args, "-o", str(tmp_path / "b.mp4"))
         assert again.returncode == 0, again.stderr
         assert len(hub.requests_for(path.name, "GET")) == 1
+        # mav download weights --dir writes a plain folder that --pack takes
+        fetched = _run(tmp_path, hub, "download", "weights", "rife", "--manifest", str(tmp_path / "weights.toml"),
+                       "--dir", str(tmp_path / "plain"))
+        assert fetched.returncode == 0, fetched.stderr
+        assert (tmp_path / "plain" / path.name).read_bytes() == data
+        local = _run(tmp_path, hub, "interpolate", str(clip), "--method", "rife", "--fps", "60",
+                     "--pack", str(tmp_path / "plain"), "-o", str(tmp_path / "c.mp4"))
+        assert local.returncode == 0, local.stderr
     assert video_seconds(tmp_path / "a.mp4") == pytest.approx(1.0, abs=0.02)
     from mavcli.video import read_video
 
-    a, b = read_video(tmp_path / "a.mp4").frames, read_video(tmp_path / "b.mp4").frames
-    assert a.shape == (60, 48, 64, 3) and np.array_equal(a, b)
+    a, b, c = (read_video(tmp_path / f"{n}.mp4").frames for n in "abc")
+    assert a.shape == (60, 48, 64, 3) and np.array_equal(a, b) and np.array_equal(a, c)
 
 
 def test_method_rife_refuses_before_any_download(tmp_path):
@@ -221,3 +229,22 @@ def test_a_pack_of_another_kind_is_refused_up_front(tmp_path, monkeypatch, args,
     assert done.exit_code == 2
     assert message in " ".join(done.output.split())
     assert not (tmp_path / "in-x2.mp4").exists()
+
+
+def test_bench_interpolate_times_rife_beside_the_flow_method(tmp_path):
+    """`mav bench interpolate --rife PACK` adds --method rife's file-to-file time and its ratio to
+    the flow method's, measured in the same interleaved rounds (the bundled flow pack)."""
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+
+    rife_file(tmp_path / "rife")
+    res = CliRunner().invoke(app, ["bench", "interpolate", "--size", "64x48", "--rounds", "1", "--threads", "1",
+                                   "--file-rounds", "1", "--rife", str(tmp_path / "rife")])
+    assert res.exit_code == 0, res.output
+    rows = [ln.split() for ln in res.stdout.splitlines() if ln.strip().startswith("x")]
+    assert [r[0] for r in rows] == ["x2", "x4", "x2", "x4"]
+    for r in rows[2:]:  # flow, minterpolate, their ratio, rife, rife / flow
+        flow, rife, ratio = float(r[1]), float(r[4]), float(r[5].rstrip("x"))
+        assert min(flow, rife) > 0
+        assert (rife - 0.05) / (flow + 0.05) - 0.005 <= ratio <= (rife + 0.05) / max(flow - 0.05, 1e-9) + 0.005

@@ -218,6 +218,7 @@ def interpolate(
     ] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto, float32 or bfloat16 (as for mav interpolate).")] = "auto",
     file_rounds: Annotated[int, typer.Option("--file-rounds", min=0, help="Rounds of the file-to-file timing beside ffmpeg's minterpolate (0: skip it).")] = 3,
+    rife: Annotated[Optional[str], typer.Option("--rife", help="Also time --method rife file to file, with this pack or folder (e.g. rife).")] = None,
 ) -> None:
     """Milliseconds per new frame of `mav interpolate`'s flow method at x2 and x4, beside DIS
     warp + blend timed alongside, with the time split into flow and network; then file to file,
@@ -240,6 +241,11 @@ def interpolate(
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)
         interp = open_flow_interpolator(pack, "cpu", precision)
+        rife_interp = None
+        if rife is not None:
+            from mavcli.cli.loading import open_rife_interpolator
+
+            rife_interp = open_rife_interpolator(rife, "cpu", precision)
         console.info(f"timing at {width}x{height}, {rounds} interleaved rounds, {torch.get_num_threads()} torch threads, "
                      f"network in {interp.precision}")
         rows = run_interp_bench(interp, width=width, height=height, rounds=rounds)
@@ -254,10 +260,12 @@ def interpolate(
             console.info(f"file to file: {FILE_FRAMES} frames, {file_rounds} interleaved rounds")
             table = Table(title=f"file to file, H.264 in and out (mav interpolate's default CRF 12): ms per new frame "
                                 f"at {width}x{height}", box=box.SIMPLE)
-            for col in ("factor", "mav interpolate", "ffmpeg minterpolate", "mavcli / minterpolate"):
+            for col in ("factor", "mav interpolate", "ffmpeg minterpolate", "mavcli / minterpolate",
+                        *(("--method rife", "rife / flow") if rife_interp else ())):
                 table.add_column(col, justify="right")
-            for factor, ours, theirs in file_to_file(interp, width, height, file_rounds, precision):
-                table.add_row(f"x{factor}", f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x")
+            for factor, ours, theirs, by_rife in file_to_file(interp, width, height, file_rounds, precision, rife_interp):
+                table.add_row(f"x{factor}", f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}x",
+                              *((f"{by_rife:.1f}", f"{by_rife / ours:.2f}x") if rife_interp else ()))
             console.out.print(table)
 
 
@@ -265,13 +273,16 @@ def interpolate(
 FILE_FRAMES = 41
 
 
-def file_to_file(interp, width: int, height: int, rounds: int, precision: str = "auto") -> list[tuple[int, float, float]]:
-    """(factor, mav interpolate ms, ffmpeg minterpolate ms) per new frame at x2 and x4, from an
+def file_to_file(interp, width: int, height: int, rounds: int, precision: str = "auto",
+                 rife=None) -> list[tuple[int, float, float, float | None]]:
+    """(factor, mav interpolate ms, ffmpeg minterpolate ms, --method rife ms or None) per new
+    frame at x2 and x4, from an
     H.264 file of `FILE_FRAMES` frames to an H.264 file with the same encoder settings: what a user
     waits for, decoding, the scene-cut pass, flows, network and encoding included (the network
     already loaded), against ffmpeg's own motion interpolation, interleaved round by round."""
     import subprocess
     import tempfile
+    from dataclasses import replace
     from fractions import Fraction
 
     from rich.progress import Progress
@@ -295,11 +306,17 @@ def file_to_file(interp, width: int, height: int, rounds: int, precision: str = 
             ffmpeg = [_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
                       "-vf", minterpolate_filter(Fraction(fps * factor)), *choose_encoder("mp4", Encoding()).args,
                       str(Path(tmp) / "minterpolate.mp4")]
-            med = interleaved_medians({
+            runs = {
                 "mavcli": lambda: interpolate_one(src, Path(tmp) / "mavcli.mp4", req, None, "cpu", progress, task,
                                                   {"flow": interp}),
                 "ffmpeg": lambda: subprocess.run(ffmpeg, check=True, capture_output=True),
-            }, rounds=rounds, warmup=1)
+            }
+            if rife is not None:
+                rreq = replace(req, method="rife")
+                runs["rife"] = lambda: interpolate_one(src, Path(tmp) / "rife.mp4", rreq, None, "cpu", progress, task,
+                                                       {"rife": rife})
+            med = interleaved_medians(runs, rounds=rounds, warmup=1)
             new = (FILE_FRAMES - 1) * (factor - 1)
-            rows.append((factor, 1000 * med["mavcli"] / new, 1000 * med["ffmpeg"] / new))
+            rows.append((factor, 1000 * med["mavcli"] / new, 1000 * med["ffmpeg"] / new,
+                         1000 * med["rife"] / new if rife is not None else None))
     return rows
