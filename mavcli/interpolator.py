@@ -1,5 +1,6 @@
 """`FlowInterpolator`: frame interpolation of real footage with the flow-refinement network
-(models/flowinterp.py), the default of `mav interpolate`.
+(models/flowinterp.py), the default of `mav interpolate`; `RifeInterpolator`: the same with a
+published RIFE network (models/rife.py), `mav interpolate --method rife`.
 
 Per pair of neighbouring frames: DIS optical flow both ways on the CPU (OpenCV), then one
 deterministic network evaluation per new frame. The neighbouring pairs' flows (same shot) turn
@@ -344,19 +345,22 @@ class RifeInterpolator(_PairInterpolator):
         return out
 
     @torch.inference_mode()
-    def __call__(self, frame0: np.ndarray, frame1: np.ndarray, times: Iterable[float], **_neighbours) -> list[np.ndarray]:
+    def __call__(self, frame0: np.ndarray, frame1: np.ndarray, times: Iterable[float], *,
+                 before: np.ndarray | None = None, after: np.ndarray | None = None) -> list[np.ndarray]:
         """The frames at `times` (each in (0, 1)) between uint8 frames `(h, w, 3)`, as uint8.
-        Neighbouring frames (`before`, `after`) are accepted and not used."""
+        `before` / `after` are taken for `FlowInterpolator`'s sake and not used: RIFE sees a pair."""
         times = [float(t) for t in times]
         self._check(frame0, frame1, times)
         return self._frames(frame0, frame1, times)
 
     @torch.inference_mode()
-    def retime_stream(self, frames: Iterable[np.ndarray], plan: list[list[float]], *,
-                      callback: Callable[[str, int, int], None] | None = None,
-                      on_pair: Callable[[int], None] | None = None, **_shots) -> Iterator[np.ndarray]:
-        """As `FlowInterpolator.retime_stream`, each pair on its own: scene cuts, breaks,
-        neighbours and timestamps change nothing here (`plan` already places the frames)."""
+    def retime_stream(self, frames: Iterable[np.ndarray], plan: list[list[float]], *, in_times: list[float] | None = None,
+                      cuts: Iterable[int] = (), breaks: Iterable[int] = (), before: np.ndarray | None = None,
+                      after: np.ndarray | None = None, callback: Callable[[str, int, int], None] | None = None,
+                      on_pair: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+        """As `FlowInterpolator.retime_stream`, each pair on its own: `in_times`, `cuts`,
+        `breaks`, `before` and `after` change nothing here (`plan` already places the frames and
+        RIFE uses no neighbours). Two input frames are held at a time."""
         n = len(plan)
         frame = _FrameFeed(frames, n, callback, self._check)
         for i in range(n):

@@ -248,3 +248,18 @@ def test_bench_interpolate_times_rife_beside_the_flow_method(tmp_path):
         flow, rife, ratio = float(r[1]), float(r[4]), float(r[5].rstrip("x"))
         assert min(flow, rife) > 0
         assert (rife - 0.05) / (flow + 0.05) - 0.005 <= ratio <= (rife + 0.05) / max(flow - 0.05, 1e-9) + 0.005
+
+
+@torch.inference_mode()
+def test_bfloat16_keeps_the_flows_in_float32(tmp_path):
+    """Under bfloat16 (auto on CUDA) only the convolutions round: pixel coordinates of a wide
+    frame stay exact, so the frames are within a few levels of float32's."""
+    rife_file(tmp_path / "p", seed=5)
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (40, 1000, 3), dtype=np.uint8)
+    b = np.roll(a, 2, axis=1)
+    fp32 = RifeInterpolator.from_pretrained(tmp_path / "p")(a, b, [0.5])[0].astype(int)
+    bf16 = RifeInterpolator.from_pretrained(tmp_path / "p", precision="bfloat16")
+    assert bf16.precision == "bfloat16"
+    diff = np.abs(bf16(a, b, [0.5])[0].astype(int) - fp32)
+    assert diff.mean() < 2.0, diff.mean()

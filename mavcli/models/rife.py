@@ -147,11 +147,14 @@ class RifeNet(nn.Module):
         flow = mask = None
         warped0, warped1, wfeat0, wfeat1 = img0, img1, feat0, feat1
         for block, s in zip(self.blocks, self.config.block_scales):
+            # flows and the mask stay float32 under autocast: a bfloat16 pixel coordinate of 1000
+            # is only known to 4 px, and the flows add up over the blocks
             if flow is None:
-                flow, mask = block(torch.cat([img0, img1, feat0, feat1, times], dim=1), None, s / scale)
+                flow, mask = (y.float() for y in block(torch.cat([img0, img1, feat0, feat1, times], dim=1), None, s / scale))
             else:
                 wfeat0, wfeat1 = backward_warp(feat0, flow[:, :2]), backward_warp(feat1, flow[:, 2:])
-                step, mask = block(torch.cat([warped0, warped1, wfeat0, wfeat1, times, mask], dim=1), flow, s / scale)
+                step, mask = (y.float() for y in block(torch.cat([warped0, warped1, wfeat0, wfeat1, times, mask], dim=1),
+                                                         flow, s / scale))
                 flow = flow + step
             warped0, warped1 = backward_warp(img0, flow[:, :2]), backward_warp(img1, flow[:, 2:])
         weight = torch.sigmoid(mask)
