@@ -223,7 +223,8 @@ def test_command_prints_the_table_and_writes_the_report(tmp_path, wide_console):
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().splitlines()[-1] == str(out)
     report = json.loads(out.read_text())
-    assert report["settings"] == {"height": None, "start": 0.0, "tasks": ["x2"], "methods": ["blend", "ffmpeg", "dis"], "pack": None}
+    assert report["settings"] == {"height": None, "start": 0.0, "tasks": ["x2"], "methods": ["blend", "ffmpeg", "dis"], "pack": None,
+                                  "rife_pack": None}
     (clip,) = report["clips"]
     assert (clip["width"], clip["height"], clip["num_frames"], clip["cuts"]) == (64, 48, 13, [])
     got = {x["method"]: x for x in clip["results"]}

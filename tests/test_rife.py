@@ -263,3 +263,31 @@ def test_bfloat16_keeps_the_flows_in_float32(tmp_path):
     assert bf16.precision == "bfloat16"
     diff = np.abs(bf16(a, b, [0.5])[0].astype(int) - fp32)
     assert diff.mean() < 2.0, diff.mean()
+
+
+def test_eval_interpolate_scores_rife_beside_dis(tmp_path, monkeypatch):
+    """`mav eval interpolate --method rife --rife-pack FOLDER` rebuilds the dropped frames with
+    RifeInterpolator.run, exactly as calling it does, and reports them beside DIS."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mavcli.cli.app import app
+    from mavcli.eval.interp_eval import psnr
+    from mavcli.video import read_video
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rife_file(tmp_path / "rife", seed=7)
+    clip = lavfi(tmp_path / "in.mp4", rate="25", seconds=0.4, size="64x48")
+    out = tmp_path / "r.json"
+    done = CliRunner().invoke(app, ["eval", "interpolate", str(clip), "--height", "0", "--task", "x2", "--method", "dis",
+                                    "--method", "rife", "--rife-pack", str(tmp_path / "rife"), "--out", str(out), "-q"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["rife_pack"] == str(tmp_path / "rife")
+    got = {r["method"]: r for r in report["clips"][0]["results"]}
+    frames = read_video(clip).frames  # 10 frames: x2 rebuilds 1, 3, 5, 7 from the even ones
+    rebuilt = RifeInterpolator.from_pretrained(tmp_path / "rife").run(frames[0:9:2], 2)
+    want = float(np.mean([psnr(rebuilt[k], frames[k]) for k in (1, 3, 5, 7)]))
+    assert got["rife"]["frames"] == 4 and got["rife"]["psnr"] == pytest.approx(want, abs=1e-6)
+    assert got["dis"]["psnr"] != got["rife"]["psnr"]

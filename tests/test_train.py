@@ -381,3 +381,16 @@ def test_stages_that_read_text_need_the_encoders(stage):
     task = Task(stage, "tiny", 0, 0.1, TOKENIZER, None)
     with pytest.raises(UserInputError, match="--encoders"):
         TRAIN_STAGES[stage].build_model(task)
+
+
+def test_time_power_draws_more_low_noise_times_and_keeps_the_noise_and_drops():
+    """--time-power p trains at times u ** p for the same u a uniform run draws; the noise and
+    the conditioning drops are the same draws."""
+    indices = list(range(400))
+    plain = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders())
+    low = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders(), time_power=2.0)
+    (t1, n1, d1), (t2, n2, d2) = (task.draws(indices, (3, 4, 4), torch.device("cpu")) for task in (plain, low))
+    assert torch.allclose(t2, t1 ** 2) and torch.equal(n1, n2) and torch.equal(d1, d2)
+    assert 0.25 < (t1 < 0.35).float().mean() < 0.45 and 0.5 < (t2 < 0.35).float().mean() < 0.7  # 0.35 and 0.59 expected
+    with pytest.raises(UserInputError, match="time power must be > 0"):
+        TrainConfig(stage="keyframes", time_power=0.0)

@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
         methods: list[str] = typer.Option([], "--method", help=f"{', '.join(INTERP_METHODS)} (default: {', '.join(INTERP_DEFAULT)}; rife fetches its pack once)."),
         start: float = typer.Option(0.0, help="Evaluate only from this fraction of each clip on (0.7: the last 30%)."),
         pack: Optional[str] = typer.Option(None, help="Pack of the mavcli method (default: the realinterp pack)."),
+        rife_pack: Optional[str] = typer.Option(None, "--rife-pack", help="Pack or folder of the rife method (default: the rife pack)."),
         device: str = typer.Option("auto", help="Device of the mavcli method: auto, cpu, cuda or mps."),
         out: Path = typer.Option(Path("eval-interpolate.json"), "--out", "-o", help="Where to write the JSON report."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -160,6 +161,8 @@ def register(app: typer.Typer) -> None:
                 raise UserInputError(f"the output folder {parent} does not exist")
             if pack is not None and "mavcli" not in names:
                 console.warn("--pack is only used by --method mavcli")
+            if rife_pack is not None and "rife" not in names:
+                console.warn("--rife-pack is only used by --method rife")
             for v in videos:
                 probe_video(v)  # a bad path fails now, before any clip is decoded
             clips = []
@@ -178,7 +181,7 @@ def register(app: typer.Typer) -> None:
             if "rife" in names:
                 from mavcli.cli.loading import open_rife_interpolator
 
-                interpolators["rife"] = open_rife_interpolator(None, device)
+                interpolators["rife"] = open_rife_interpolator(rife_pack, device)
             interpolators = {m: interpolators[m] for m in names}  # the order asked
 
             total = sum(len(task_windows(c.frames.shape[0], t, start)) for c in clips for t in tasks) * len(names)
@@ -201,7 +204,7 @@ def register(app: typer.Typer) -> None:
                 if r.cuts:
                     left = ", ".join(f"{x.windows_left_out} of {x.windows} {x.task}" for x in r.results if x.method == names[0])
                     console.info(f"{name}: scene cuts at frames {', '.join(map(str, r.cuts))}; windows spanning one left out of the scores: {left}")
-            settings = {"height": height or None, "start": start, "tasks": tasks, "methods": names, "pack": pack}
+            settings = {"height": height or None, "start": start, "tasks": tasks, "methods": names, "pack": pack, "rife_pack": rife_pack}
             console.result(str(write_report(reports, out, settings)))
 
     app.add_typer(eval_app, name="eval")
