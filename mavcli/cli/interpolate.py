@@ -379,13 +379,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _open_early(req: Request, pack: str | None, device: str, input: Path, manifest: Path | None = None) -> dict:
-    """The run's interpolator, opened before its progress bars start (`rife` may first download
-    its pack, with a progress display of its own), once the input is known to be readable."""
+    """The run's interpolator, opened before its progress bars start: `rife` may first download
+    its pack (once the input is known to be readable), with a progress display of its own."""
     from mavcli.cli.loading import open_flow_interpolator, open_rife_interpolator
     from mavcli.video import probe_video
 
-    if not input.is_dir():
-        probe_video(input)  # a clear error for a missing or unreadable file, before any download
+    if req.method == "rife" and not input.is_dir():
+        probe_video(input)  # a clear error for a missing or unreadable file before its pack downloads
     if req.method == "diffusion":
         return {"pipe": open_pipeline(pack, device, manifest, precision=req.precision)}
     opener = open_flow_interpolator if req.method == "flow" else open_rife_interpolator
