@@ -394,3 +394,30 @@ def test_time_power_draws_more_low_noise_times_and_keeps_the_noise_and_drops():
     assert 0.25 < (t1 < 0.35).float().mean() < 0.45 and 0.5 < (t2 < 0.35).float().mean() < 0.7  # 0.35 and 0.59 expected
     with pytest.raises(UserInputError, match="time power must be > 0"):
         TrainConfig(stage="keyframes", time_power=0.0)
+
+
+def test_image_time_power_moves_the_image_steps_times_only(monkeypatch):
+    """--image-time-power p: keyframes' image steps train at u ** p, clip steps keep the task's
+    time power; it needs image steps to act on."""
+    import mavcli.train.stages as stages
+
+    task = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders(), image_mix=0.5, image_time_power=3.0)
+    seen = []
+    monkeypatch.setattr(stages, "diffusion_loss", lambda model, x0, schedule, t, **kw: seen.append((x0.ndim, t)) or t.sum())
+    model = TRAIN_STAGES["keyframes"].build_model(task)
+    image_steps = [s for s in range(40) if task.image_step(s)]
+    clip_steps = [s for s in range(40) if not task.image_step(s)]
+    indices = [3, 5]
+    stages.loss_keyframes(task, model, indices, image_steps[0], torch.device("cpu"))
+    stages.loss_keyframes(task, model, indices, clip_steps[0], torch.device("cpu"))
+    (image_ndim, t_image), (clip_ndim, t_clip) = seen
+    assert (image_ndim, clip_ndim) == (4, 5)
+    k = task.settings.keyframes
+    uniform = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders())
+    u_image, _, _ = uniform.draws([i * k + j for i in indices for j in range(k)], (3, 4, 4), torch.device("cpu"))
+    u_clip, _, _ = uniform.draws(indices, (3, 4, 4), torch.device("cpu"))
+    assert torch.allclose(t_image, u_image ** 3) and torch.allclose(t_clip, u_clip)
+    with pytest.raises(UserInputError, match="needs --image-mix"):
+        TrainConfig(stage="keyframes", image_time_power=2.0)
+    with pytest.raises(UserInputError, match="image time power must be > 0"):
+        TrainConfig(stage="keyframes", image_mix=0.5, image_time_power=-1.0)

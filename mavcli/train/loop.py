@@ -61,10 +61,18 @@ class TrainConfig:
     # diffusion stages: the training times t are u ** time_power for u uniform in [0, 1), so a
     # power above 1 spends more steps at low noise, where fine detail (a square's corners) is drawn
     time_power: float = 1.0
+    # keyframes: the time power of the image steps alone (None: time_power). Image steps skip the
+    # temporal layers, so low-noise weight there sharpens shapes without taking high-noise clip
+    # steps, where motion is decided, away from the video steps
+    image_time_power: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.time_power > 0:
-            raise UserInputError(f"time power must be > 0 (1: uniform times), got {self.time_power}")
+        for name in ("time_power", "image_time_power"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserInputError(f"{name.replace('_', ' ')} must be > 0 (1: uniform times), got {value}")
+        if self.image_time_power is not None and self.image_mix == 0:
+            raise UserInputError("--image-time-power sets the times of image steps: it needs --image-mix above 0")
         if self.stage not in TRAIN_STAGES:
             raise UserInputError(f"unknown stage {self.stage!r}; stages are {', '.join(TRAIN_STAGES)}")
         if self.steps < 1 or self.batch_size < 1:
@@ -134,7 +142,8 @@ def build_task(cfg: TrainConfig) -> Task:
         tokenizer = shapes_tokenizer()
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
     return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
-                image_mix=cfg.image_mix, time_power=cfg.time_power)
+                image_mix=cfg.image_mix, time_power=cfg.time_power,
+                image_time_power=cfg.image_time_power)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",

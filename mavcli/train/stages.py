@@ -118,7 +118,7 @@ def loss_keyframes_image(task: Task, model: nn.Module, indices: list[int], step:
     images, captions, _ = task.image_batch(indices, task.settings.keyframe_size)
     images = images.to(device)
     cond = task.decoder_cond(model, images, captions, indices, device)
-    t, noise, drop = task.draws(indices, images.shape[1:], device)
+    t, noise, drop = task.draws(indices, images.shape[1:], device, power=task.image_time_power)
     return diffusion_loss(model, images, task.schedule_for(task.settings.keyframe_size), t=t, noise=noise, drop=drop, **cond)
 
 

@@ -88,6 +88,7 @@ class Task:
     videos: str | None = None  # a folder of uncaptioned videos instead of the shapes world
     image_mix: float = 0.0  # keyframes: the share of steps on images (TrainConfig.image_mix)
     time_power: float = 1.0  # training times u ** time_power (TrainConfig.time_power)
+    image_time_power: float | None = None  # keyframes' image steps (TrainConfig.image_time_power)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
     # folders of real data, built once per (kind, size, frames): a video folder probes every file
     _folders: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -171,8 +172,11 @@ class Task:
         with torch.no_grad():
             return self.encoders.image_encoder(resize_frames(images, size))
 
-    def draws(self, indices, shape, device, salt=0):
-        t = per_sample(lambda g: torch.rand((), generator=g), self.seed, indices, 100 + salt) ** self.time_power
+    def draws(self, indices, shape, device, salt=0, power=None):
+        """times `(b,)` (u ** power, default the task's time power), noise `(b, *shape)` and
+        conditioning drops `(b,)`, each a function of (seed, index, salt)."""
+        power = self.time_power if power is None else power
+        t = per_sample(lambda g: torch.rand((), generator=g), self.seed, indices, 100 + salt) ** power
         noise = per_sample(lambda g: torch.randn(shape, generator=g), self.seed, indices, 200 + salt)
         drop = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 300 + salt)
         return t.to(device), noise.to(device), drop.to(device)
