@@ -360,7 +360,7 @@ class MakeAVideoPipeline:
     def super_resolve_video(self, video: torch.Tensor, *, seed: int, steps=None, guidance=None, sampler=None,
                             callback: ProgressCallback | None = None) -> torch.Tensor:
         """SR_l^t: `(b, 3, n, h, w)` -> `(b, 3, n, S, S)`, all frames of a chunk together. From
-        pure noise, or (pack setting `sr_video_start` < 1) from the bilinear-upsampled input
+        pure noise, or (pack setting `sr_video_start` < 1) from the upsampled input (`sr_upsample`)
         noised to that time, which keeps the input's geometry (SDEdit)."""
         net = self.pack["sr_video"]
         size = self.settings.sr_video_size
@@ -368,7 +368,8 @@ class MakeAVideoPipeline:
         guidance = self._option(guidance, "sr_video", "guidance")
         gen = self._generator(seed, "sr_video")
         b, c, n, h, w = video.shape
-        low = rearrange(resize_frames(rearrange(video, "b c f h w -> (b f) c h w"), size), "(b f) c h w -> b c f h w", b=b)
+        low = rearrange(resize_frames(rearrange(video, "b c f h w -> (b f) c h w"), size, self.settings.sr_upsample),
+                        "(b f) c h w -> b c f h w", b=b)
         noise = self._noise((b, c, n, size, size), gen)
         chunks = _chunks(n, self.settings.chunk_frames)
         schedule = self._schedule(size)
@@ -398,7 +399,7 @@ class MakeAVideoPipeline:
         gen = self._generator(seed, "sr_image")
         b, c, n, h, w = video.shape
         frames = rearrange(video, "b c f h w -> (b f) c h w")
-        low = resize_frames(frames, size)
+        low = resize_frames(frames, size, self.settings.sr_upsample)
         shared = self._noise((1, c, size, size), gen)  # one noise image for all frames
         step_noise = None
         if sampler == "ddpm":  # ancestral noise is shared across frames too

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -148,6 +149,45 @@ def test_sr_stages_can_start_from_their_upsampled_input(tiny_pack, stage):
     assert (near - low).abs().mean() < (mid - low).abs().mean() < (far - low).abs().mean()
     with pytest.raises(ValueError, match=f"{stage}_start must be in"):
         dataclasses.replace(tiny_pack.settings, **{f"{stage}_start": 0.0})
+
+
+@pytest.mark.parametrize("stage", ["sr_video", "sr_image"])
+def test_sr_upsample_picks_how_the_sr_stages_enlarge_their_input(tiny_pack, stage):
+    """Pack setting sr_upsample: the SR stages' conditioning and SDEdit start are the input
+    enlarged that way (bicubic: sharper edges, clamped to [-1, 1]); an unknown mode is refused."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from mavcli.models.blocks import resize_frames
+
+    side = 8 if stage == "sr_video" else 16  # each stage's input size in the tiny pack
+    video = torch.zeros(1, 3, 2, side, side) - 1.0
+    video[..., side // 4:3 * side // 4, side // 4:3 * side // 4] = 1.0  # white on black: bicubic overshoots at the edges
+    seen = []
+
+    def run(mode):
+        settings = dataclasses.replace(tiny_pack.settings, sr_upsample=mode, **{f"{stage}_start": 0.02})
+        p = MakeAVideoPipeline(dataclasses.replace(tiny_pack, settings=settings))
+        runner = p._sr_runner
+        p._sr_runner = lambda net: (lambda x, t, *, extra, **kw: seen.append(extra.clone()) or runner(net)(x, t, extra=extra, **kw))
+        fn = p.super_resolve_video if stage == "sr_video" else p.super_resolve_frames
+        return fn(video, seed=0), p.settings
+
+    out, settings = run("bicubic")
+    size = getattr(settings, f"{stage}_size")
+    frames = video[0].transpose(0, 1)  # (f, 3, side, side)
+    bicubic = F.interpolate(frames, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    bilinear = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    assert torch.equal(resize_frames(frames, size, "bicubic"), bicubic)
+    assert (bicubic - bilinear).abs().max() > 0.2  # the two differ where it matters, at the edges
+    cond = seen[0] if stage == "sr_image" else rearrange(seen[0], "b c f h w -> (b f) c h w")
+    assert torch.allclose(cond.float(), bicubic, atol=1e-5)
+    got = out[0].transpose(0, 1)
+    edges = (bicubic - bilinear).abs() > 0.1  # where the two ways differ, the output follows bicubic
+    assert (got - bicubic).abs()[edges].mean() < 0.5 * (got - bilinear).abs()[edges].mean()
+    with pytest.raises(ValueError, match="sr_upsample must be one of bilinear, bicubic"):
+        dataclasses.replace(tiny_pack.settings, sr_upsample="nearest")
 
 
 

@@ -95,12 +95,22 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize `(n, c, h, w)` frames to `(n, c, size, size)`: area averaging when shrinking,
-    bilinear when enlarging. The super-resolution stages see their low-resolution input
-    through exactly this function in training and in sampling."""
+#: how `resize_frames` may enlarge (PackSettings.sr_upsample)
+UPSAMPLE_MODES = ("bilinear", "bicubic")
+
+
+def resize_frames(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize `(n, c, h, w)` frames in [-1, 1] to `(n, c, size, size)`: area averaging when
+    shrinking, `mode` (bilinear or bicubic) when enlarging. Bicubic keeps edges sharper (a
+    triangle's apex, a square's corners) and can overshoot at them, so its output is clamped
+    to [-1, 1]. The super-resolution stages see their low-resolution input through exactly
+    this function, with the pack's `sr_upsample`, in training and in sampling."""
     if x.shape[-1] > size:
         return F.interpolate(x, size=(size, size), mode="area")
+    if mode == "bicubic":
+        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+    if mode != "bilinear":
+        raise ValueError(f"upsampling mode must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 

@@ -217,7 +217,7 @@ class Task:
         augmentation) so the network tolerates the imperfect outputs of the stage before."""
         size = hi.shape[-1]
         frames = hi.reshape(-1, *hi.shape[-3:]) if hi.ndim == 4 else rearrange(hi, "b c f h w -> (b f) c h w")
-        low = resize_frames(resize_frames(frames, low_size), size)
+        low = resize_frames(resize_frames(frames, low_size), size, self.settings.sr_upsample)
         low = low if hi.ndim == 4 else rearrange(low, "(b f) c h w -> b c f h w", b=hi.shape[0])
         level = per_sample(lambda g: torch.rand((), generator=g) * 0.1, self.seed, indices, 700).to(hi.device)
         noise = per_sample(lambda g: torch.randn(hi.shape[1:], generator=g), self.seed, indices, 800).to(hi.device)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from mavcli.errors import PackError, UserInputError
+from mavcli.models.blocks import UPSAMPLE_MODES
 from mavcli.models.config import config_from_dict, config_to_dict
 from mavcli.models.stages import STAGES
 from mavcli.models.text import Tokenizer
@@ -45,10 +46,13 @@ class PackSettings:
     # (False: zeroed, as the paper masks them)
     interp_prefill: bool = False
     sr_video_size: int = 64  # SR_l^t output
-    # < 1: the SR stage starts from its bilinear-upsampled input noised to this time (SDEdit)
+    # < 1: the SR stage starts from its upsampled input noised to this time (SDEdit)
     # instead of pure noise, so the low-resolution geometry is kept and only detail is drawn
     sr_video_start: float = 1.0
     sr_image_start: float = 1.0
+    # how both SR stages enlarge their input (their conditioning and SDEdit start; the same in
+    # training): "bilinear" or "bicubic", which blunts acute corners less
+    sr_upsample: str = "bilinear"
     sr_image_size: int = 128  # SR_h output
     sampler: str = "dpmpp"
     # stage -> sampler, overriding `sampler` for that stage (e.g. {"keyframes": "ddpm"})
@@ -83,6 +87,8 @@ class PackSettings:
             if stage not in STAGES or not isinstance(name, str):
                 raise ValueError(f"stage_samplers maps a stage ({', '.join(sorted(STAGES))}) to a sampler name, "
                                  f"got {stage!r}: {name!r}")
+        if self.sr_upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"sr_upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {self.sr_upsample!r}")
         for name in ("sr_video_start", "sr_image_start"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1] (1: the stage starts from pure noise), got {getattr(self, name)}")
