@@ -421,3 +421,47 @@ def test_image_time_power_moves_the_image_steps_times_only(monkeypatch):
         TrainConfig(stage="keyframes", image_time_power=2.0)
     with pytest.raises(UserInputError, match="image time power must be > 0"):
         TrainConfig(stage="keyframes", image_mix=0.5, image_time_power=-1.0)
+
+
+@pytest.mark.parametrize("stage", ["sr_video", "sr_image"])
+def test_sr_start_mix_trains_on_the_start_sampling_gives(monkeypatch, stage):
+    """--sr-start-mix f: that share of an SR batch is noised from its enlarged input at times in
+    [start / 2, start], the render still the target (a network that returns that v has zero
+    loss); the other samples are the usual ones. Stages other than SR refuse it."""
+    import dataclasses
+
+    import mavcli.train.stages as stages
+    from mavcli.diffusion.objective import diffusion_loss
+    from mavcli.diffusion.schedule import CosineSchedule
+
+    task = Task(stage, "tiny", 0, 0.1, TOKENIZER, None, sr_start_mix=0.5)
+    start = getattr(task.settings, f"{stage}_start")
+    if start >= 1.0:  # the tiny preset samples SR from noise: give it a start as the shapes pack has
+        task.settings = dataclasses.replace(task.settings, **{f"{stage}_start": 0.2})
+        start = 0.2
+    seen = {}
+    monkeypatch.setattr(stages, "diffusion_loss", lambda model, x0, schedule, *, t, noise, extra, noised_from:
+                        seen.update(x0=x0, t=t, extra=extra, src=noised_from) or t.sum())
+    indices = list(range(32))
+    TRAIN_STAGES[stage].loss(task, None, indices, 0, torch.device("cpu"))
+    picked = ~(seen["src"] == seen["x0"]).flatten(1).all(1)
+    assert 8 <= picked.sum() <= 24  # about half
+    assert torch.equal(seen["src"][picked], seen["extra"][picked])
+    assert ((seen["t"][picked] >= start / 2) & (seen["t"][picked] <= start)).all()
+    plain = Task(stage, "tiny", 0, 0.1, TOKENIZER, None)
+    t_plain, _, _ = plain.draws(indices, seen["x0"].shape[1:], torch.device("cpu"))
+    assert torch.equal(seen["t"][~picked], t_plain[~picked])
+    # the target: the v whose clean estimate is the render
+    x0, src = torch.rand(2, 3, 4, 4) * 2 - 1, torch.rand(2, 3, 4, 4) * 2 - 1
+    t, eps = torch.tensor([0.1, 0.2]), torch.randn(2, 3, 4, 4)
+    sched = CosineSchedule()
+    alpha, sigma = (a.view(-1, 1, 1, 1) for a in sched.alpha_sigma(t))
+    x_t = alpha * src + sigma * eps
+    right = lambda x, tt: (alpha * x - x0) / sigma  # noqa: E731
+    assert diffusion_loss(right, x0, sched, t=t, noise=eps, noised_from=src) < 1e-10
+    usual = lambda x, tt: alpha * eps - sigma * x0  # noqa: E731  (the target when x_t noises x0)
+    assert diffusion_loss(usual, x0, sched, t=t, noise=eps) < 1e-10
+    assert diffusion_loss(usual, x0, sched, t=t, noise=eps, noised_from=src) > 0.1
+    assert torch.allclose(alpha * x_t - sigma * right(x_t, t), x0, atol=1e-5)
+    with pytest.raises(UserInputError, match="--sr-start-mix applies to stages sr_video and sr_image"):
+        TrainConfig(stage="keyframes", sr_start_mix=0.5)

@@ -26,6 +26,7 @@ def diffusion_loss(
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     drop: torch.Tensor | None = None,
+    noised_from: torch.Tensor | None = None,
     **cond,
 ) -> torch.Tensor:
     """Mean squared error of the predicted v at a random time.
@@ -33,7 +34,10 @@ def diffusion_loss(
     `model(x_t, t, drop_cond=..., **cond) -> v` with x_t like `x0` (`(b, ...)`, values in
     [-1, 1]); `cond_drop_prob` drops the conditioning of that fraction of the batch (the
     unconditional branch guidance needs). `loss_mask` (broadcastable to x0) restricts the
-    loss, e.g. to the frames an interpolation network must fill in.
+    loss, e.g. to the frames an interpolation network must fill in. `noised_from` (like x0):
+    x_t noises this instead of x0, and the target is still the v whose clean estimate
+    alpha * x_t - sigma * v is x0; an SR stage trained this way learns the start sampling gives
+    it (its enlarged input, noised), not only noised renders.
     """
     b = x0.shape[0]
     dev = x0.device
@@ -44,8 +48,13 @@ def diffusion_loss(
     t, eps = t.to(dev), noise.to(dev, x0.dtype)
     alpha, sigma = schedule.alpha_sigma(t)
     alpha, sigma = broadcast(alpha.to(dev), x0), broadcast(sigma.to(dev), x0)
-    x_t = alpha * x0 + sigma * eps
+    source = x0 if noised_from is None else noised_from.to(dev, x0.dtype)
+    x_t = alpha * source + sigma * eps
+    # the v for which alpha * x_t - sigma * v = x0: the usual alpha * eps - sigma * x0, plus
+    # alpha^2 (source - x0) / sigma (exactly 0 where source is x0, however small sigma is)
     v = alpha * eps - sigma * x0
+    if noised_from is not None:
+        v = v + alpha.square() * (source - x0) / sigma
     kwargs = dict(cond)
     if drop is None and cond_drop_prob > 0:
         drop = torch.rand(b, generator=generator, device="cpu") < cond_drop_prob

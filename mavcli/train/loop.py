@@ -65,12 +65,20 @@ class TrainConfig:
     # temporal layers, so low-noise weight there sharpens shapes without taking high-noise clip
     # steps, where motion is decided, away from the video steps
     image_time_power: float | None = None
+    # sr stages: the share of samples noised from their enlarged low-resolution input at times
+    # in [start / 2, start] (the preset's sr_*_start) instead of from the render, the render
+    # still the target: the start that sampling gives an SR stage (PackSettings.sr_*_start)
+    sr_start_mix: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("time_power", "image_time_power"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{name.replace('_', ' ')} must be > 0 (1: uniform times), got {value}")
+        if not 0.0 <= self.sr_start_mix <= 1.0:
+            raise UserInputError(f"sr start mix must be in [0, 1] (a share of samples), got {self.sr_start_mix}")
+        if self.sr_start_mix > 0 and self.stage not in ("sr_video", "sr_image"):
+            raise UserInputError("--sr-start-mix applies to stages sr_video and sr_image only")
         if self.image_time_power is not None and self.image_mix == 0:
             raise UserInputError("--image-time-power sets the times of image steps: it needs --image-mix above 0")
         if self.stage not in TRAIN_STAGES:
@@ -143,7 +151,7 @@ def build_task(cfg: TrainConfig) -> Task:
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
     return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
                 image_mix=cfg.image_mix, time_power=cfg.time_power,
-                image_time_power=cfg.image_time_power)
+                image_time_power=cfg.image_time_power, sr_start_mix=cfg.sr_start_mix)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",

@@ -245,7 +245,9 @@ def loss_sr_video(task: Task, model: nn.Module, indices: list[int], step: int, d
     low = task.low_res(video, s.keyframe_size, indices)
     video, low = task.crop([video, low], indices, s.sr_tile or video.shape[-1])  # the pipeline runs tiles of this size
     t, noise, _ = task.draws(indices, video.shape[1:], device)
-    return diffusion_loss(model, video, task.schedule_for(task.settings.sr_video_size), t=t, noise=noise, extra=low)
+    t, source = task.sr_start(t, low, video, s.sr_video_start, indices)
+    return diffusion_loss(model, video, task.schedule_for(task.settings.sr_video_size), t=t, noise=noise, extra=low,
+                          noised_from=source)
 
 
 def loss_sr_image(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:
@@ -255,7 +257,9 @@ def loss_sr_image(task: Task, model: nn.Module, indices: list[int], step: int, d
     low = task.low_res(images, s.sr_video_size, indices)
     images, low = task.crop([images, low], indices, s.sr_tile or images.shape[-1])
     t, noise, _ = task.draws(indices, images.shape[1:], device)
-    return diffusion_loss(model, images, task.schedule_for(task.settings.sr_image_size), t=t, noise=noise, extra=low)
+    t, source = task.sr_start(t, low, images, s.sr_image_start, indices)
+    return diffusion_loss(model, images, task.schedule_for(task.settings.sr_image_size), t=t, noise=noise, extra=low,
+                          noised_from=source)
 
 
 TRAIN_STAGES: dict[str, TrainStage] = {

@@ -89,6 +89,7 @@ class Task:
     image_mix: float = 0.0  # keyframes: the share of steps on images (TrainConfig.image_mix)
     time_power: float = 1.0  # training times u ** time_power (TrainConfig.time_power)
     image_time_power: float | None = None  # keyframes' image steps (TrainConfig.image_time_power)
+    sr_start_mix: float = 0.0  # sr stages (TrainConfig.sr_start_mix)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
     # folders of real data, built once per (kind, size, frames): a video folder probes every file
     _folders: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -222,6 +223,17 @@ class Task:
         level = per_sample(lambda g: torch.rand((), generator=g) * 0.1, self.seed, indices, 700).to(hi.device)
         noise = per_sample(lambda g: torch.randn(hi.shape[1:], generator=g), self.seed, indices, 800).to(hi.device)
         return low + level.view(-1, *[1] * (hi.ndim - 1)) * noise
+
+    def sr_start(self, t: torch.Tensor, low: torch.Tensor, hi: torch.Tensor, start: float, indices):
+        """-> (times `(b,)`, `noised_from` for diffusion_loss): a share `sr_start_mix` of the
+        samples noise their enlarged input `low` (not the render `hi`) at times in
+        [start / 2, start], as sampling from `start` does; None when no sample does."""
+        if self.sr_start_mix <= 0 or start >= 1.0:
+            return t, None
+        pick = per_sample(lambda g: torch.rand((), generator=g) < self.sr_start_mix, self.seed, indices, 1000).to(t.device)
+        at = per_sample(lambda g: torch.rand((), generator=g), self.seed, indices, 1100).to(t.device)
+        t = torch.where(pick, start * (0.5 + 0.5 * at), t)
+        return t, torch.where(pick.view(-1, *[1] * (hi.ndim - 1)), low, hi)
 
     def crop(self, tensors, indices, crop: int):
         """The same random `crop` x `crop` window of every tensor (last two dims) per sample."""
