@@ -465,3 +465,89 @@ def test_sr_start_mix_trains_on_the_start_sampling_gives(monkeypatch, stage):
     assert torch.allclose(alpha * x_t - sigma * right(x_t, t), x0, atol=1e-5)
     with pytest.raises(UserInputError, match="--sr-start-mix applies to stages sr_video and sr_image"):
         TrainConfig(stage="keyframes", sr_start_mix=0.5)
+
+
+def test_round_corners_rounds_squares_and_triangles_and_keeps_edges():
+    """round_corners takes a rendered square's fill ratio below 1 and a triangle's towards a
+    circle's, leaves a circle's fill, the background and the object's colour as they are, and
+    leaves a frame with sigma 0 untouched."""
+    from mavcli.data.shapes import ShapeSpec, render
+    from mavcli.eval.shapes_metrics import evaluate_clip
+    from mavcli.data.faults import round_corners
+
+    def fills(shape):
+        spec = ShapeSpec(colour="orange", shape=shape, motion="still", background="gray", size=0.34,
+                         start=(0.5, 0.5), travel=0.0)
+        x = torch.from_numpy(render(spec, 3, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = round_corners(x, [0.0, 2.0, 4.0])
+        assert torch.equal(y[0], x[0])
+        # a rounding far below a pixel changes the anti-aliased rim a little, not the object
+        assert (round_corners(x[:1], [0.05]) - x[:1]).abs().amax() < 0.3
+        assert torch.allclose(y[1:, :, :2, :], x[1:, :, :2, :])  # the background
+        assert torch.allclose(y[1:, :, 32, 32], x[1:, :, 32, 32], atol=1e-4)  # the object's colour
+        frames = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        return [evaluate_clip(frames[i : i + 1], spec)["measures"]["fill_ratio"] for i in range(3)]
+
+    square, triangle, circle = fills("square"), fills("triangle"), fills("circle")
+    assert square[0] > 0.99 and 0.93 < square[1] < 0.98 and 0.83 < square[2] < 0.9
+    assert triangle[0] < 0.56 and triangle[0] + 0.08 < triangle[1] < triangle[2] < 0.8
+    assert max(circle) - min(circle) < 0.01
+
+
+def test_round_corners_changes_sizes_frame_by_frame():
+    """round_corners(sizes=): the object's side times about sizes[i] (area about its square),
+    frame by frame, the object kept where it is."""
+    from mavcli.data.shapes import ShapeSpec, render
+    from mavcli.data.faults import round_corners
+
+    spec = ShapeSpec(colour="blue", shape="circle", motion="still", background="white", size=0.34,
+                     start=(0.5, 0.5), travel=0.0)
+    x = torch.from_numpy(render(spec, 4, 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = round_corners(x, [0.0] * 4, [0.8, 1.0, 1.15, 1.3])
+    assert torch.equal(y[1], x[1])
+    inside = (y - 1).abs().sum(1) > 0.5  # away from white
+    area = inside.flatten(1).sum(1).float()
+    assert torch.allclose(area / area[1], torch.tensor([0.64, 1.0, 1.3225, 1.69]), rtol=0.12)
+    rows, cols = inside[3].nonzero().float().mean(0)
+    assert abs(rows - 31.5) < 0.5 and abs(cols - 31.5) < 0.5
+
+
+def test_sr_round_mix_rounds_the_input_of_a_share_of_samples():
+    """--sr-round-mix f: about that share of an SR batch gets an input with rounded corners
+    (Task.low_res), the render unchanged as the target; the rest is the usual input. Other
+    stages and real data refuse it."""
+    stage = "sr_video"
+    task = Task(stage, "tiny", 0, 0.1, TOKENIZER, None, sr_round_mix=0.5)
+    plain = Task(stage, "tiny", 0, 0.1, TOKENIZER, None)
+    indices = list(range(24))
+    s = task.settings
+    video, _, _ = task.video_batch(indices, s.sr_video_size, s.keyframes, (s.frame_skip,), s.fps * s.frame_skip)
+    rounded, usual = task.low_res(video, s.keyframe_size, indices), plain.low_res(video, s.keyframe_size, indices)
+    diff = (rounded - usual).abs().flatten(1).amax(1)
+    changed = diff > 0
+    assert 6 <= changed.sum() <= 18
+    assert diff[changed].median() > 0.3
+    with pytest.raises(UserInputError, match="--sr-round-mix applies to stages sr_video and sr_image"):
+        TrainConfig(stage="keyframes", sr_round_mix=0.5)
+    with pytest.raises(UserInputError, match="--sr-size-mix applies to stage sr_video only"):
+        TrainConfig(stage="sr_image", sr_size_mix=0.5)
+    with pytest.raises(UserInputError, match="shapes world"):
+        TrainConfig(stage="sr_image", sr_round_mix=0.5, images="some/folder")
+
+
+def test_sr_size_mix_changes_sizes_in_a_share_of_clips():
+    """--sr-size-mix f: about that share of sr_video's clips get an input whose object changes
+    size from frame to frame; the others' input is the usual one."""
+    task = Task("sr_video", "tiny", 0, 0.1, TOKENIZER, None, sr_size_mix=0.5)
+    plain = Task("sr_video", "tiny", 0, 0.1, TOKENIZER, None)
+    indices = list(range(24))
+    s = task.settings
+    video, _, _ = task.video_batch(indices, s.sr_video_size, s.keyframes, (s.frame_skip,), s.fps * s.frame_skip)
+    sized, usual = task.low_res(video, s.keyframe_size, indices), plain.low_res(video, s.keyframe_size, indices)
+    changed = (sized - usual).abs().flatten(1).amax(1) > 0
+    assert 6 <= changed.sum() <= 18
+    # the object's area, from the coverage of the input, varies over the frames of a changed clip
+    background = sized[..., :1, :1]
+    cover = ((sized - background).abs().sum(1) > 0.6).flatten(2).sum(2).float()  # (b, f)
+    rel_std = cover.std(1) / cover.mean(1)
+    assert rel_std[changed].median() > 2 * rel_std[~changed].median()

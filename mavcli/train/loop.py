@@ -69,16 +69,30 @@ class TrainConfig:
     # in [start / 2, start] (the preset's sr_*_start) instead of from the render, the render
     # still the target: the start that sampling gives an SR stage (PackSettings.sr_*_start)
     sr_start_mix: float = 0.0
+    # sr stages: the share of samples whose low-resolution input has its shape's corners
+    # rounded (tasks.round_corners) while the target keeps them: the keyframe decoder draws
+    # corners round, and an SR stage trained on perfect inputs copies that faithfully
+    sr_round_mix: float = 0.0
+    # sr_video: the share of clips whose low-resolution input has its object change size over
+    # the frames (as the keyframe decoder's do), the steady render the target
+    sr_size_mix: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("time_power", "image_time_power"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UserInputError(f"{name.replace('_', ' ')} must be > 0 (1: uniform times), got {value}")
-        if not 0.0 <= self.sr_start_mix <= 1.0:
-            raise UserInputError(f"sr start mix must be in [0, 1] (a share of samples), got {self.sr_start_mix}")
-        if self.sr_start_mix > 0 and self.stage not in ("sr_video", "sr_image"):
-            raise UserInputError("--sr-start-mix applies to stages sr_video and sr_image only")
+        for name in ("sr_start_mix", "sr_round_mix", "sr_size_mix"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserInputError(f"{name.replace('_', ' ')} must be in [0, 1] (a share of samples), got {value}")
+            stages = ("sr_video",) if name == "sr_size_mix" else ("sr_video", "sr_image")
+            if value > 0 and self.stage not in stages:
+                raise UserInputError(f"--{name.replace('_', '-')} applies to stage{'s' * (len(stages) > 1)} "
+                                     f"{' and '.join(stages)} only")
+        if max(self.sr_round_mix, self.sr_size_mix) > 0 and (self.videos is not None or self.images is not None):
+            raise UserInputError("--sr-round-mix and --sr-size-mix reshape the shapes world's objects (flat colour "
+                                 "on a flat background); train without --videos / --images, or leave them out")
         if self.image_time_power is not None and self.image_mix == 0:
             raise UserInputError("--image-time-power sets the times of image steps: it needs --image-mix above 0")
         if self.stage not in TRAIN_STAGES:
@@ -151,7 +165,8 @@ def build_task(cfg: TrainConfig) -> Task:
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
     return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
                 image_mix=cfg.image_mix, time_power=cfg.time_power,
-                image_time_power=cfg.image_time_power, sr_start_mix=cfg.sr_start_mix)
+                image_time_power=cfg.image_time_power, sr_start_mix=cfg.sr_start_mix,
+                sr_round_mix=cfg.sr_round_mix, sr_size_mix=cfg.sr_size_mix)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
+from mavcli.data.faults import round_corners
 from mavcli.diffusion import CosineSchedule
 from mavcli.errors import UserInputError
 from mavcli.models.blocks import resize_frames
@@ -74,6 +75,12 @@ def shapes_tokenizer() -> Tokenizer:
     return Tokenizer.from_texts(texts)
 
 
+# the most rounding --sr-round-mix gives, as a Gaussian's sigma in keyframe pixels: it takes a
+# square of the shapes world to a fill ratio of about 0.91 at the end of the cascade (the
+# keyframe decoder's roundest held-out squares, docs/evaluation.md) and a triangle to about 0.79
+SR_ROUND_SIGMA = 2.0
+
+
 @dataclass
 class Task:
     """A stage's data: batches, text encodings and noise draws on global sample indices."""
@@ -90,6 +97,8 @@ class Task:
     time_power: float = 1.0  # training times u ** time_power (TrainConfig.time_power)
     image_time_power: float | None = None  # keyframes' image steps (TrainConfig.image_time_power)
     sr_start_mix: float = 0.0  # sr stages (TrainConfig.sr_start_mix)
+    sr_round_mix: float = 0.0  # sr stages (TrainConfig.sr_round_mix)
+    sr_size_mix: float = 0.0  # sr_video (TrainConfig.sr_size_mix)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
     # folders of real data, built once per (kind, size, frames): a video folder probes every file
     _folders: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -215,9 +224,33 @@ class Task:
     def low_res(self, hi: torch.Tensor, low_size: int, indices) -> torch.Tensor:
         """The SR condition of `(b, c, [f,] h, w)`: downsample each frame to the previous
         stage's size, upsample back, and add a little noise (Imagen's conditioning
-        augmentation) so the network tolerates the imperfect outputs of the stage before."""
+        augmentation) so the network tolerates the imperfect outputs of the stage before; with
+        `sr_round_mix` a share of the samples have their corners rounded first, and with
+        `sr_size_mix` a share of the clips have their object's size change over the frames
+        (`round_corners`), the decoder's faults, which the SR stage learns to undo."""
         size = hi.shape[-1]
         frames = hi.reshape(-1, *hi.shape[-3:]) if hi.ndim == 4 else rearrange(hi, "b c f h w -> (b f) c h w")
+        sigma = sizes = None
+        if self.sr_round_mix > 0:
+            # one rounding per sample, shared by its frames, drawn in keyframe pixels (the size
+            # at which the decoder rounds) and scaled to this stage's
+            pick = per_sample(lambda g: torch.rand((), generator=g) < self.sr_round_mix, self.seed, indices, 1200)
+            amount = per_sample(lambda g: torch.rand((), generator=g), self.seed, indices, 1300)
+            sigma = torch.where(pick, amount * SR_ROUND_SIGMA * size / self.settings.keyframe_size, 0.0)
+            sigma = sigma.repeat_interleave(frames.shape[0] // hi.shape[0]).tolist()
+        if self.sr_size_mix > 0 and hi.ndim == 5:
+            # sizes that change over the clip as the matcher's twins do (size_drift), scaled
+            # down at random so mild changes are seen as well as clear ones
+            from mavcli.data.shapes import size_drift
+
+            f = hi.shape[2]
+            pick = per_sample(lambda g: torch.rand((), generator=g) < self.sr_size_mix, self.seed, indices, 1400)
+            sizes = []
+            for i, p in zip(indices, pick.tolist()):
+                rng = np.random.default_rng([self.seed, i, 1500])
+                sizes += (1 + rng.random() * (size_drift(f, rng) - 1)).tolist() if p else [1.0] * f
+        if sigma is not None or sizes is not None:
+            frames = round_corners(frames, sigma or [0.0] * frames.shape[0], sizes)
         low = resize_frames(resize_frames(frames, low_size), size, self.settings.sr_upsample)
         low = low if hi.ndim == 4 else rearrange(low, "(b f) c h w -> b c f h w", b=hi.shape[0])
         level = per_sample(lambda g: torch.rand((), generator=g) * 0.1, self.seed, indices, 700).to(hi.device)
