@@ -34,7 +34,7 @@ def test_the_command_prints_one_line_per_time(capsys):
 
 def test_the_upsamplers_round_a_perfect_square_and_keep_a_rounded_one_round(pipe):
     """The upsampler probe: a rendered square judged whole at the keyframe size; the bundled
-    pack's SR stages give it back rounder (0.94-0.95 at v8.3: docs/evaluation.md); a square
+    pack's SR stages give it back rounder (0.94-0.95 at v8.3 and v8.4: docs/evaluation.md); a square
     rounded by 2 keyframe pixels goes in near the judge's circle boundary and stays there."""
     from mavcli.eval.shapes_probe import probe_upsamplers
 
