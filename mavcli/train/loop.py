@@ -70,7 +70,7 @@ class TrainConfig:
     # still the target: the start that sampling gives an SR stage (PackSettings.sr_*_start)
     sr_start_mix: float = 0.0
     # sr stages: the share of samples whose low-resolution input has its shape's corners
-    # rounded (tasks.round_corners) while the target keeps them: the keyframe decoder draws
+    # rounded (mavcli.data.faults.round_corners) while the target keeps them: the keyframe decoder draws
     # corners round, and an SR stage trained on perfect inputs copies that faithfully
     sr_round_mix: float = 0.0
     # sr_video: the share of clips whose low-resolution input has its object change size over
