@@ -215,6 +215,8 @@ class MakeAVideoPipeline:
         per prompt in one batch and keeps the one the matcher scores highest against the
         prompt (candidate 0 is the clip `candidates=1` makes); `matcher_guidance` > 0 also
         steers every step along the gradient of the matcher's score (classifier guidance).
+        A pack with a ranker (a second matcher, trained to also prefer steady sizes) ranks by
+        the ranker instead, while the matcher steers.
         `select_times` (decreasing diffusion times) ranks the candidates earlier, on the noisy
         clips (the matcher is trained on noised clips): at each time the worse half of each
         prompt's candidates stops, at the last one all but the best (successive halving). A
@@ -240,6 +242,7 @@ class MakeAVideoPipeline:
                 raise PackError("this pack has no matcher network to rank or steer keyframe samples; "
                                 "use candidates 1 and matcher guidance 0 (--candidates 1)")
             matcher = self.pack["matcher"]
+        ranker = self.pack["ranker"] if n > 1 and "ranker" in self.pack.networks else matcher
         b = image_emb.shape[0]
         gen = self._generator(seed, "keyframes")
         # candidate-major, so candidate 0 draws the noise a single sample would
@@ -275,11 +278,11 @@ class MakeAVideoPipeline:
             for i, cut in enumerate(cuts):
                 x = run(x, rows, done, cut)
                 keep = 1 if i == len(cuts) - 1 else (len(rows) // b + 1) // 2
-                x, rows = _best_rows(matcher, x, rows, b, keep, ts[cut], tokens, mask)
+                x, rows = _best_rows(ranker, x, rows, b, keep, ts[cut], tokens, mask)
                 done = cut
             video = run(x, rows, done, steps).float()
         if len(rows) > b:
-            video, rows = _best_rows(matcher, video, rows, b, 1, 0.0, tokens, mask)
+            video, rows = _best_rows(ranker, video, rows, b, 1, 0.0, tokens, mask)
         return video
 
     @torch.no_grad()

@@ -129,6 +129,34 @@ def test_candidates_keep_the_clip_the_matcher_scores_highest(pipe, monkeypatch):
     assert len({round(float(s), 5) for s in scores}) > 1
 
 
+def test_a_packs_ranker_ranks_the_candidates_while_its_matcher_steers(tiny_pack, monkeypatch):
+    """With a ranker in the pack, every ranking (early, on noisy clips, and of the finished
+    ones) is the ranker's, and the matcher only steers."""
+    import copy
+
+    from conftest import randomise
+
+    ranker = copy.deepcopy(tiny_pack.networks["matcher"])
+    randomise(ranker, seed=99)
+    pipe = MakeAVideoPipeline(Pack(None, {**tiny_pack.networks, "ranker": ranker}, tiny_pack.tokenizer, tiny_pack.settings))
+    emb, ctx, cmask = _inputs(pipe)
+    calls = {"matcher": [], "ranker": []}
+    for name in calls:
+        net = pipe.pack[name]
+        monkeypatch.setattr(net, "score", (lambda score, seen: lambda x, t, c, m: seen.append((x, t)) or score(x, t, c, m))(
+            net.score, calls[name]))
+    out = pipe.keyframes(emb, ctx, cmask, seed=3, candidates=4, matcher_guidance=2.0, select_times=(0.5,))
+    assert [x.shape[0] for x, _ in calls["ranker"]] == [4]  # one cut at 0.5: 4 noisy clips judged
+    assert float(calls["ranker"][0][1][0]) <= 0.5
+    assert calls["matcher"] and all(x.requires_grad for x, _ in calls["matcher"])  # steering only
+    calls["ranker"].clear()
+    finished = pipe.keyframes(emb, ctx, cmask, seed=3, candidates=4, select_times=())
+    (videos, t), = calls["ranker"]
+    scores = ranker.score(videos, t, ctx.repeat(4, 1, 1), cmask.repeat(4, 1))
+    assert torch.equal(finished[0], videos[int(scores.argmax())])
+    assert out.shape == finished.shape
+
+
 def test_candidates_are_ranked_per_prompt_in_a_batch(pipe, monkeypatch):
     prompts = [PROMPT, "a blue square moving up on a white background"]
     tokens, mask, pooled, _ = pipe.encode_prompt(prompts)

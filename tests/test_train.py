@@ -14,7 +14,7 @@ from mavcli.errors import UserInputError
 from mavcli.models.presets import preset_configs
 from mavcli.models.text import ImageEncoder, TextEncoder
 from mavcli.train.checkpoint import read_checkpoint
-from mavcli.train.loop import TrainConfig, train
+from mavcli.train.loop import TrainConfig, build_task, train
 from mavcli.train.stages import TRAIN_STAGES
 from mavcli.train.tasks import ClipPair, Task, shapes_tokenizer
 from mavcli.weights.pack import load_pack
@@ -257,6 +257,20 @@ def test_export_load_generate(tmp_path):
     assert torch.equal(mixed["keyframes"].state_dict()["out_conv.spatial_conv.weight"],
                        base_pack["keyframes"].state_dict()["out_conv.spatial_conv.weight"])
 
+    # SR_l^t trained for a later start (--sr-start): the exported pack samples from that start;
+    # a run without --sr-start trains for its --init-pack's start and leaves the base's in place
+    index["settings"]["sr_video_start"] = 0.15
+    (base / "pack.json").write_text(json.dumps(index))
+    sr_common = {**common, "steps": 1, "init_pack": str(base), "sr_start_mix": 0.5}
+    train(TrainConfig(stage="sr_video", sr_start=0.3, **{**sr_common, "out": str(tmp_path / "later")}))
+    later = load_pack(export_pack(tmp_path / "later", tmp_path / "later_pack", preset="tiny", base=base))
+    assert later.settings.sr_video_start == 0.3 and later.settings.sr_image_start == base_pack.settings.sr_image_start
+    cfg = TrainConfig(stage="sr_video", **{**sr_common, "out": str(tmp_path / "same")})
+    assert build_task(cfg).sr_start_time == 0.15
+    train(cfg)
+    same = load_pack(export_pack(tmp_path / "same", tmp_path / "same_pack", preset="tiny", base=base))
+    assert same.settings.sr_video_start == 0.15
+
 
 def test_real_data_folders_train_every_kind_of_stage(tmp_path):
     """Captioned images and uncaptioned videos from folders, instead of the shapes world."""
@@ -373,10 +387,34 @@ def test_the_shapes_preset_is_exactly_the_shipped_pack():
     configs, settings = preset_configs("shapes", len(shipped.tokenizer.vocab))
     assert settings == shipped.settings
     for stage, net in shipped.networks.items():
-        assert config_to_dict(configs[stage]) == config_to_dict(net.config), stage
+        assert config_to_dict(configs["matcher" if stage == "ranker" else stage]) == config_to_dict(net.config), stage
 
 
-@pytest.mark.parametrize("stage", ["prior", "keyframes_image", "keyframes", "matcher"])
+def test_a_ranker_starts_from_the_packs_matcher_and_exports_beside_it(tmp_path):
+    """`mav train ranker --init-pack P`: a pack without a ranker starts it from its matcher; the
+    export over that pack adds the ranker and keeps the pack's matcher."""
+    from mavcli.models.presets import init_pack
+    from mavcli.train.export import export_pack
+    from mavcli.weights.pack import save_pack
+    from mavcli.weights.safetensors_io import read_network
+
+    tiny_pack_dir = save_pack(tmp_path / "base", init_pack(shapes_tokenizer(), "tiny", seed=3))
+
+    runs = tmp_path / "runs"
+    last = train(TrainConfig(stage="ranker", preset="tiny", steps=1, batch_size=2, lr=1e-6, out=str(runs),
+                             encoders=str(tiny_pack_dir), init_pack=str(tiny_pack_dir)))
+    _, _, tensors, _ = read_checkpoint(last)
+    _, matcher = read_network(tiny_pack_dir / "matcher.safetensors")
+    assert max((tensors["model/" + k] - v.float()).abs().max().item() for k, v in matcher.items()) < 1e-4
+    pack = load_pack(export_pack(runs, tmp_path / "pack", preset="tiny", base=tiny_pack_dir))
+    base = load_pack(tiny_pack_dir)
+    assert {"matcher", "ranker"} <= set(pack.networks)
+    key = next(iter(matcher))
+    assert torch.equal(pack["matcher"].state_dict()[key], base["matcher"].state_dict()[key])
+    assert torch.allclose(pack["ranker"].state_dict()[key].float(), matcher[key].float(), atol=1e-3)
+
+
+@pytest.mark.parametrize("stage", ["prior", "keyframes_image", "keyframes", "matcher", "ranker"])
 def test_stages_that_read_text_need_the_encoders(stage):
     task = Task(stage, "tiny", 0, 0.1, TOKENIZER, None)
     with pytest.raises(UserInputError, match="--encoders"):
@@ -465,6 +503,17 @@ def test_sr_start_mix_trains_on_the_start_sampling_gives(monkeypatch, stage):
     assert torch.allclose(alpha * x_t - sigma * right(x_t, t), x0, atol=1e-5)
     with pytest.raises(UserInputError, match="--sr-start-mix applies to stages sr_video and sr_image"):
         TrainConfig(stage="keyframes", sr_start_mix=0.5)
+    # --sr-start: the start trained for, instead of the preset's
+    later = Task(stage, "tiny", 0, 0.1, TOKENIZER, None, sr_start_mix=0.5, sr_start_time=0.6)
+    TRAIN_STAGES[stage].loss(later, None, indices, 0, torch.device("cpu"))
+    assert torch.equal(~(seen["src"] == seen["x0"]).flatten(1).all(1), picked)
+    assert ((seen["t"][picked] >= 0.3) & (seen["t"][picked] <= 0.6)).all() and (seen["t"][picked] > start).any()
+    with pytest.raises(UserInputError, match="--sr-start applies to stages sr_video and sr_image"):
+        TrainConfig(stage="prior", sr_start=0.3)
+    with pytest.raises(UserInputError, match=r"sr start must be in \(0, 1\)"):
+        TrainConfig(stage=stage, sr_start_mix=0.5, sr_start=1.0)
+    with pytest.raises(UserInputError, match="needs --sr-start-mix above 0"):
+        TrainConfig(stage=stage, sr_start=0.3)
 
 
 def test_round_corners_rounds_squares_and_triangles_and_keeps_edges():

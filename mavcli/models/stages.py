@@ -18,9 +18,12 @@ STAGES: dict[str, tuple[type, type]] = {
     "interpolation": (SpaceTimeUnet, UnetConfig),  # F_i
     "sr_video": (SpaceTimeUnet, UnetConfig),  # SR_l^t
     "sr_image": (SpaceTimeUnet, UnetConfig),  # SR_h
-    # not stages of the paper's cascade: the noised video-text matcher that ranks and steers
-    # D^t's samples (optional in a pack), and the real-footage interpolator, in a pack of its own
+    # not stages of the paper's cascade: the noised video-text matcher that steers D^t's samples
+    # and ranks them (optional in a pack); a second matcher that only ranks them, where a pack
+    # has one (trained to also know that sizes are steady); the real-footage interpolator, in a
+    # pack of its own
     "matcher": (VideoTextMatcher, MatcherConfig),
+    "ranker": (VideoTextMatcher, MatcherConfig),
     "flow_interpolation": (FlowInterpNet, FlowInterpConfig),
 }
 

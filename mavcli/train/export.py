@@ -28,10 +28,13 @@ SOURCES = {
     "sr_video": ("sr_video", ""),
     "sr_image": ("sr_image", ""),
     "matcher": ("matcher", ""),
+    "ranker": ("ranker", ""),
     "flow_interpolation": ("flow_interpolation", ""),
 }
-CASCADE = ("text_encoder", "image_encoder", *SAMPLED_STAGES, "matcher")
-OPTIONAL = ("matcher",)  # a cascade pack works without it (no ranking or steering of keyframes)
+CASCADE = ("text_encoder", "image_encoder", *SAMPLED_STAGES, "matcher", "ranker")
+# a cascade pack works without them (no ranking or steering of keyframes; without a ranker the
+# matcher ranks)
+OPTIONAL = ("matcher", "ranker")
 
 
 def network_configs(source: str, model: torch.nn.Module) -> dict[str, dict]:
@@ -44,6 +47,12 @@ def network_configs(source: str, model: torch.nn.Module) -> dict[str, dict]:
             net = getattr(model, prefix.rstrip(".")) if prefix else model
             out[stage] = config_to_dict(net.config)
     return out
+
+
+def _trained_start(path: Path) -> float | None:
+    """The SR start time a checkpoint was trained for by `--sr-start` (None: not given)."""
+    _, meta, _, _ = read_checkpoint(path)
+    return meta.get("config", {}).get("sr_start")
 
 
 def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", card: str = "",
@@ -73,7 +82,7 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
             hint = " (or pass --base PACK to keep that pack's network)" if base_pack is None else ""
             raise UserInputError(f"no checkpoint for stage {source} at {path}: train it first (mav train {source}){hint}")
         _, meta, tensors, _ = read_checkpoint(path)
-        if source in ("clip", "prior", "keyframes", "matcher"):  # the stages that read text share one vocabulary
+        if source in ("clip", "prior", "keyframes", "matcher", "ranker"):  # the stages that read text share one vocabulary
             if vocab is None:  # the clip stage comes first and defines it
                 vocab = meta["vocab"]
             elif meta["vocab"] != vocab:
@@ -103,6 +112,10 @@ def export_pack(runs: str | Path, out: str | Path, *, preset: str = "shapes", ca
             follow["decoder_word_tokens"] = settings.decoder_word_tokens
         if retrained("interpolation"):
             follow["interp_prefill"] = settings.interp_prefill
+        for sr in ("sr_video", "sr_image"):  # a start the run trained for (--sr-start)
+            start = _trained_start(runs / sr / "last.safetensors") if retrained(sr) else None
+            if start is not None:
+                follow[f"{sr}_start"] = start
         settings = dataclasses.replace(base_pack.settings, **follow)
     pack = Pack(None, networks, Tokenizer(vocab) if vocab is not None else None, settings, card=card)
     return save_pack(out, pack, dtype=dtype, overwrite=overwrite)

@@ -69,6 +69,10 @@ class TrainConfig:
     # in [start / 2, start] (the preset's sr_*_start) instead of from the render, the render
     # still the target: the start that sampling gives an SR stage (PackSettings.sr_*_start)
     sr_start_mix: float = 0.0
+    # sr stages: the start time --sr-start-mix trains for, and the pack exported from this run
+    # samples from (PackSettings.sr_video_start / sr_image_start); None: the --init-pack's
+    # setting, else the preset's. A later start lets SR_l^t redraw more of what it is given
+    sr_start: float | None = None
     # sr stages: the share of samples whose low-resolution input has its shape's corners
     # rounded (mavcli.data.faults.round_corners) while the target keeps them: the keyframe decoder draws
     # corners round, and an SR stage trained on perfect inputs copies that faithfully
@@ -93,6 +97,13 @@ class TrainConfig:
         if max(self.sr_round_mix, self.sr_size_mix) > 0 and (self.videos is not None or self.images is not None):
             raise UserInputError("--sr-round-mix and --sr-size-mix reshape the shapes world's objects (flat colour "
                                  "on a flat background); train without --videos / --images, or leave them out")
+        if self.sr_start is not None:
+            if self.stage not in ("sr_video", "sr_image"):
+                raise UserInputError("--sr-start applies to stages sr_video and sr_image only")
+            if not 0.0 < self.sr_start < 1.0:
+                raise UserInputError(f"sr start must be in (0, 1) (a diffusion time), got {self.sr_start}")
+            if self.sr_start_mix == 0:
+                raise UserInputError("--sr-start sets the start that --sr-start-mix trains for: it needs --sr-start-mix above 0")
         if self.image_time_power is not None and self.image_mix == 0:
             raise UserInputError("--image-time-power sets the times of image steps: it needs --image-mix above 0")
         if self.stage not in TRAIN_STAGES:
@@ -163,10 +174,15 @@ def build_task(cfg: TrainConfig) -> Task:
     else:
         tokenizer = shapes_tokenizer()
     encoders = load_encoders(cfg.encoders, cfg.preset, tokenizer) if cfg.encoders else None
+    start = cfg.sr_start
+    if start is None and cfg.init_pack and cfg.stage in ("sr_video", "sr_image"):
+        from mavcli.weights.pack import read_index
+
+        start = read_index(Path(cfg.init_pack)).get("settings", {}).get(f"{cfg.stage}_start")
     return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
                 image_mix=cfg.image_mix, time_power=cfg.time_power,
                 image_time_power=cfg.image_time_power, sr_start_mix=cfg.sr_start_mix,
-                sr_round_mix=cfg.sr_round_mix, sr_size_mix=cfg.sr_size_mix)
+                sr_round_mix=cfg.sr_round_mix, sr_size_mix=cfg.sr_size_mix, sr_start_time=start)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",
@@ -268,6 +284,8 @@ def _load_from_pack(model: torch.nn.Module, cfg: TrainConfig) -> None:
     for pack_stage, (source, prefix) in SOURCES.items():
         if source != cfg.stage:
             continue
+        if pack_stage == "ranker" and "ranker" not in index["stages"] and "matcher" in index["stages"]:
+            pack_stage = "matcher"  # a ranker is a matcher trained further (to know steady sizes)
         if pack_stage not in index["stages"]:
             raise UserInputError(f"pack {folder} has no {pack_stage} network to start {cfg.stage} from")
         _, net = read_network(folder / index["stages"][pack_stage])

@@ -146,7 +146,7 @@ STEADY_SIZE_WEIGHT = 0.5
 
 def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:
     if task.videos is not None or task.images is not None:
-        raise UserInputError("stage matcher learns from captioned video, which only the shapes world provides "
+        raise UserInputError(f"stage {task.stage} learns from captioned video, which only the shapes world provides "
                              "here (a --videos folder has no captions); train it without --videos / --images")
     from mavcli.data.shapes import ShapesVideoDataset, contrast_captions, render, size_drift
 
@@ -245,7 +245,7 @@ def loss_sr_video(task: Task, model: nn.Module, indices: list[int], step: int, d
     low = task.low_res(video, s.keyframe_size, indices)
     video, low = task.crop([video, low], indices, s.sr_tile or video.shape[-1])  # the pipeline runs tiles of this size
     t, noise, _ = task.draws(indices, video.shape[1:], device)
-    t, source = task.sr_start(t, low, video, s.sr_video_start, indices)
+    t, source = task.sr_start(t, low, video, indices)
     return diffusion_loss(model, video, task.schedule_for(task.settings.sr_video_size), t=t, noise=noise, extra=low,
                           noised_from=source)
 
@@ -257,7 +257,7 @@ def loss_sr_image(task: Task, model: nn.Module, indices: list[int], step: int, d
     low = task.low_res(images, s.sr_video_size, indices)
     images, low = task.crop([images, low], indices, s.sr_tile or images.shape[-1])
     t, noise, _ = task.draws(indices, images.shape[1:], device)
-    t, source = task.sr_start(t, low, images, s.sr_image_start, indices)
+    t, source = task.sr_start(t, low, images, indices)
     return diffusion_loss(model, images, task.schedule_for(task.settings.sr_image_size), t=t, noise=noise, extra=low,
                           noised_from=source)
 
@@ -271,6 +271,9 @@ TRAIN_STAGES: dict[str, TrainStage] = {
     "sr_video": TrainStage(build_unet, loss_sr_video),
     "sr_image": TrainStage(build_unet, loss_sr_image),
     "matcher": TrainStage(lambda task, _: VideoTextMatcher(task.configs["matcher"]), loss_matcher, needs_encoders=True),
+    # the same network and objective, a pack stage of its own: it ranks D^t's candidates while
+    # the matcher steers them (PackSettings.keyframe_select_times)
+    "ranker": TrainStage(lambda task, _: VideoTextMatcher(task.configs["matcher"]), loss_matcher, needs_encoders=True),
     "flow_interpolation": TrainStage(lambda task, _: FlowInterpNet(FLOW_INTERP_CONFIGS[task.preset]),
                                      loss_flow_interpolation),
 }

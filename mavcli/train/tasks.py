@@ -99,6 +99,7 @@ class Task:
     sr_start_mix: float = 0.0  # sr stages (TrainConfig.sr_start_mix)
     sr_round_mix: float = 0.0  # sr stages (TrainConfig.sr_round_mix)
     sr_size_mix: float = 0.0  # sr_video (TrainConfig.sr_size_mix)
+    sr_start_time: float | None = None  # sr stages: the start sampling uses (None: the preset's)
     _motion: object = dataclasses.field(default=None, init=False, repr=False)  # flow_interpolation data, built once
     # folders of real data, built once per (kind, size, frames): a video folder probes every file
     _folders: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
@@ -257,10 +258,14 @@ class Task:
         noise = per_sample(lambda g: torch.randn(hi.shape[1:], generator=g), self.seed, indices, 800).to(hi.device)
         return low + level.view(-1, *[1] * (hi.ndim - 1)) * noise
 
-    def sr_start(self, t: torch.Tensor, low: torch.Tensor, hi: torch.Tensor, start: float, indices):
+    def sr_start(self, t: torch.Tensor, low: torch.Tensor, hi: torch.Tensor, indices):
         """-> (times `(b,)`, `noised_from` for diffusion_loss): a share `sr_start_mix` of the
         samples noise their enlarged input `low` (not the render `hi`) at times in
-        [start / 2, start], as sampling from `start` does; None when no sample does."""
+        [start / 2, start], as sampling from the stage's start does (`sr_start_time`, else the
+        preset's); None when no sample does."""
+        start = self.sr_start_time
+        if start is None:
+            start = getattr(self.settings, f"{self.stage}_start")
         if self.sr_start_mix <= 0 or start >= 1.0:
             return t, None
         pick = per_sample(lambda g: torch.rand((), generator=g) < self.sr_start_mix, self.seed, indices, 1000).to(t.device)

@@ -169,7 +169,8 @@ def _resolve_entry(
 
 
 _SYMBOLS = {"text_encoder": "C_x", "prior": "P", "keyframes": "D^t", "interpolation": "F_i",
-            "sr_video": "SR_l^t", "sr_image": "SR_h", "matcher": "matcher", "flow_interpolation": "F_i (flow)"}
+            "sr_video": "SR_l^t", "sr_image": "SR_h", "matcher": "matcher", "ranker": "ranker",
+            "flow_interpolation": "F_i (flow)"}
 
 
 def pack_stages(entry: PackEntry, folder: Path | None) -> str:
