@@ -271,9 +271,9 @@ TRAIN_STAGES: dict[str, TrainStage] = {
     "sr_video": TrainStage(build_unet, loss_sr_video),
     "sr_image": TrainStage(build_unet, loss_sr_image),
     "matcher": TrainStage(lambda task, _: VideoTextMatcher(task.configs["matcher"]), loss_matcher, needs_encoders=True),
-    # the same network and objective, a pack stage of its own: it ranks D^t's candidates while
-    # the matcher steers them (PackSettings.keyframe_select_times)
-    "ranker": TrainStage(lambda task, _: VideoTextMatcher(task.configs["matcher"]), loss_matcher, needs_encoders=True),
     "flow_interpolation": TrainStage(lambda task, _: FlowInterpNet(FLOW_INTERP_CONFIGS[task.preset]),
                                      loss_flow_interpolation),
 }
+# the matcher's network and objective, a pack stage of its own: it ranks D^t's candidates while
+# the matcher steers them (PackSettings.keyframe_select_times)
+TRAIN_STAGES["ranker"] = TRAIN_STAGES["matcher"]
