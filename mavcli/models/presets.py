@@ -36,10 +36,10 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
         # exactly the shipped pack's settings (tests/test_train.py compares them with pack.json);
         # the model card (mavcli/packs/shapes/README.md) says how each was chosen
         settings = PackSettings(sr_tile=32, sr_tile_overlap=8, decoder_word_tokens=True, interp_prefill=True,
-                                interp_start=0.1, keyframe_candidates=4, matcher_guidance=50.0, keyframe_select_times=(0.85, 0.3),
+                                interp_start=0.1, keyframe_candidates=6, matcher_guidance=50.0, keyframe_select_times=(0.85, 0.3),
                                 guidance={**PackSettings().guidance, "keyframes": 1.5},
-                                sr_video_start=0.1, sr_image_start=0.2, stage_samplers={"keyframes": "ddpm"},
-                                steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 2, "sr_image": 2})
+                                sr_video_start=0.05, sr_image_start=0.2, stage_samplers={"keyframes": "ddpm"},
+                                steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 1, "sr_image": 2})
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
             "image_encoder": ImageEncoderConfig(image_size=32, channels=(32, 64, 128), embed_dim=e),
