@@ -260,9 +260,15 @@ class MakeAVideoPipeline:
         cuts = sorted({sum(t > when + 1e-6 for t in ts) for when in times} - {0, steps}) if n > 1 else []
         report = _stage_cb(callback, "keyframes")
 
+        words_until = self.settings.decoder_words_until if self.settings.decoder_word_tokens else 0.0
+
         def run(x, rows, start: int, end: int):
             """Sample the batch rows `rows` (of the candidate-major batch) from step start to end."""
-            model = guided(net, guidance, **{key: v[rows] for key, v in cond.items()})
+            rows_cond = {key: v[rows] for key, v in cond.items()}
+            model = guided(net, guidance, **rows_cond)
+            if words_until > 0 and "context_mask" in cond:
+                states = guided(net, guidance, **{**rows_cond, "context_mask": _states_only(rows_cond["context_mask"])})
+                model = _words_until(model, states, words_until)
             if g_match > 0:
                 model = _matcher_steered(model, matcher, g_match, schedule, tokens[rows], mask[rows])
             extra = {"t_start": ts[start], "t_end": ts[end]}
@@ -614,6 +620,25 @@ def _best_rows(matcher, x: torch.Tensor, rows: torch.Tensor, b: int, keep: int, 
     best = rearrange(score.float(), "(m b) -> b m", m=m).topk(keep, dim=1).indices.sort(dim=1).values
     picked = rearrange(best * b + torch.arange(b, device=x.device)[:, None], "b keep -> (keep b)")
     return x[picked], rows[picked]
+
+
+def _states_only(mask: torch.Tensor) -> torch.Tensor:
+    """D^t's context mask `(b, 2L)` (encoder states, then word embeddings) with the words
+    masked out: the context a pack without `decoder_word_tokens` gives."""
+    out = mask.clone()
+    out[:, mask.shape[1] // 2:] = False
+    return out
+
+
+def _words_until(with_words, states_only, t_until: float):
+    """`PackSettings.decoder_words_until`: the word embeddings carry the motion word, which the
+    layout decides at high noise; at low noise, where the shape's details form, they also pull
+    objects of some held-out colour-shape pairs small and round, so D^t reads the states alone."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return states_only(x, t) if float(t.max()) <= t_until + 1e-6 else with_words(x, t)
+
+    return fn
 
 
 def _matcher_steered(model, matcher, scale: float, schedule: CosineSchedule, context, context_mask):

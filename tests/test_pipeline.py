@@ -372,6 +372,33 @@ def test_decoder_reads_word_embeddings_when_the_pack_says_so(pipe, monkeypatch):
     assert ctx is tokens and cmask is mask
 
 
+def test_decoder_drops_the_word_embeddings_below_decoder_words_until(pipe, monkeypatch):
+    """`decoder_words_until`: D^t's calls above that diffusion time see the states and the words,
+    those at or below it the states alone; the matcher's context is untouched."""
+    import dataclasses
+
+    net = pipe.pack["keyframes"]
+    seen = []
+    forward = net.forward
+
+    def spy(x, t, **kw):
+        seen.append((float(t.max()), kw["context_mask"].clone()))
+        return forward(x, t, **kw)
+
+    monkeypatch.setattr(net, "forward", spy)
+    settings = dataclasses.replace(pipe.settings, decoder_words_until=0.5)
+    monkeypatch.setattr(pipe, "settings", settings)
+    pipe(PROMPT, seed=0, stop_after="keyframes", steps={"keyframes": 6}, candidates=1, matcher_guidance=0.0)
+    assert {t > 0.5 for t, _ in seen} == {True, False}
+    for t, mask in seen:
+        n = mask.shape[1] // 2
+        conditional = mask[: mask.shape[0] // 2] if mask.shape[0] > 1 else mask  # guidance's dropped half too
+        assert conditional[:, :n].any()
+        assert conditional[:, n:].any() == (t > 0.5 + 1e-6)
+    with pytest.raises(ValueError, match="decoder_words_until"):
+        dataclasses.replace(settings, decoder_words_until=1.0)
+
+
 def test_a_request_that_cannot_fit_is_refused_with_the_most_that_fits(pipe):
     from mavcli.pipeline import MemoryLimitError
 

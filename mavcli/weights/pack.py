@@ -66,6 +66,9 @@ class PackSettings:
     # D^t attends to the text encoder's word embeddings too, not only its output states
     # (TextEncoder.word_tokens): how motion words reach the keyframe decoder
     decoder_word_tokens: bool = False
+    # > 0: D^t reads the word embeddings only at diffusion times above this; below it, its
+    # context is the encoder's states alone (the matcher and ranker still read both)
+    decoder_words_until: float = 0.0
     # with a matcher network in the pack (models/matcher.py): sample this many keyframe clips
     # per prompt and keep the one that fits the prompt best; and steer by its gradient
     keyframe_candidates: int = 1
@@ -79,6 +82,8 @@ class PackSettings:
             raise ValueError(f"keyframe_candidates must be >= 1, got {self.keyframe_candidates}")
         if not select_times_ok(self.keyframe_select_times):
             raise ValueError(f"keyframe_select_times must be decreasing diffusion times in (0, 1), got {list(self.keyframe_select_times)}")
+        if not 0.0 <= self.decoder_words_until < 1.0:
+            raise ValueError(f"decoder_words_until must be a diffusion time in [0, 1), got {self.decoder_words_until}")
         if self.matcher_guidance < 0:
             raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
