@@ -28,7 +28,7 @@ from mavcli.diffusion import SPACING, CosineSchedule, guided, sample
 from mavcli.errors import PackError, UserInputError
 from mavcli.models import SAMPLED_STAGES, STOP_AFTER_STAGES
 from mavcli.models.blocks import blend_known_frames, interp_conditioning, resize_frames
-from mavcli.models.text import with_word_tokens
+from mavcli.models.text import states_only, with_word_tokens
 from mavcli.models.tiling import tiled
 from mavcli.segments import stream_segments
 from mavcli.weights.pack import Pack, load_pack, select_times_ok
@@ -267,7 +267,7 @@ class MakeAVideoPipeline:
             rows_cond = {key: v[rows] for key, v in cond.items()}
             model = guided(net, guidance, **rows_cond)
             if words_until > 0 and "context_mask" in cond:
-                states = guided(net, guidance, **{**rows_cond, "context_mask": _states_only(rows_cond["context_mask"])})
+                states = guided(net, guidance, **{**rows_cond, "context_mask": states_only(rows_cond["context_mask"])})
                 model = _words_until(model, states, words_until)
             if g_match > 0:
                 model = _matcher_steered(model, matcher, g_match, schedule, tokens[rows], mask[rows])
@@ -620,14 +620,6 @@ def _best_rows(matcher, x: torch.Tensor, rows: torch.Tensor, b: int, keep: int, 
     best = rearrange(score.float(), "(m b) -> b m", m=m).topk(keep, dim=1).indices.sort(dim=1).values
     picked = rearrange(best * b + torch.arange(b, device=x.device)[:, None], "b keep -> (keep b)")
     return x[picked], rows[picked]
-
-
-def _states_only(mask: torch.Tensor) -> torch.Tensor:
-    """D^t's context mask `(b, 2L)` (encoder states, then word embeddings) with the words
-    masked out: the context a pack without `decoder_word_tokens` gives."""
-    out = mask.clone()
-    out[:, mask.shape[1] // 2:] = False
-    return out
 
 
 def _words_until(with_words, states_only, t_until: float):

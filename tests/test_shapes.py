@@ -124,6 +124,21 @@ def test_per_frame_scales_change_the_area_exactly_and_drifts_break_the_steady_si
     assert np.mean(np.array(stds) > STABLE_AREA_STD) >= 0.95
 
 
+def test_undersized_twins_are_steady_and_smaller_than_the_domain_draws() -> None:
+    from mavcli.data.shapes import SIZE_RANGE, UNDERSIZE_RANGE, undersize
+    from mavcli.eval.shapes_metrics import evaluate_clip
+
+    for i in range(20):
+        spec = sample_spec(np.random.default_rng(i))
+        k = undersize(spec.size, 8, np.random.default_rng(i))
+        assert k.shape == (8,) and np.all(k == k[0])
+        assert UNDERSIZE_RANGE[0] - 1e-6 <= spec.size * k[0] <= UNDERSIZE_RANGE[1] + 1e-6 < SIZE_RANGE[0]
+        r = evaluate_clip(render(spec, 8, 64, scales=k), spec.facts())
+        # the judge measures the smaller side, and the clip stays steady and of its shape
+        assert r["measures"]["size"] < SIZE_RANGE[0] and r["stability"]["area_rel_std"] < 0.02
+        assert r["correct"]["shape"], spec
+
+
 def test_sampled_sizes_travel_and_start_obey_the_rules() -> None:
     rng = np.random.default_rng(0)
     for _ in range(2000):

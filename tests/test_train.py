@@ -461,6 +461,63 @@ def test_image_time_power_moves_the_image_steps_times_only(monkeypatch):
         TrainConfig(stage="keyframes", image_mix=0.5, image_time_power=-1.0)
 
 
+def test_word_drop_masks_the_word_embeddings_of_a_share_of_low_noise_samples(monkeypatch):
+    """--word-drop p --word-drop-until T: about a share p of the samples at t <= T see D^t's
+    context with its word-embedding half masked (the encoder states alone); samples above T,
+    and the states half of every sample, keep their mask; the other draws are unchanged."""
+    import mavcli.train.stages as stages
+
+    seen = []
+    monkeypatch.setattr(stages, "diffusion_loss",
+                        lambda model, x0, schedule, t, context_mask, **kw: seen.append((t, context_mask)) or t.sum())
+    indices = list(range(200))
+    runs = {}
+    for name, kw in {"plain": {}, "drop": dict(word_drop=0.5, word_drop_until=0.5)}.items():
+        task = Task("keyframes", "tiny", 0, 0.1, TOKENIZER, tiny_encoders(), **kw)
+        model = TRAIN_STAGES["keyframes"].build_model(task)
+        stages.loss_keyframes(task, model, indices, 0, torch.device("cpu"))
+        runs[name] = seen.pop()
+    (t, plain), (t2, drop) = runs["plain"], runs["drop"]
+    assert torch.equal(t, t2)
+    half = plain.shape[1] // 2
+    assert torch.equal(plain[:, :half], plain[:, half:]) and plain[:, half:].any(dim=1).all()
+    assert torch.equal(drop[:, :half], plain[:, :half])
+    dropped = ~drop[:, half:].any(dim=1)
+    assert not dropped[t > 0.5].any()
+    low = t <= 0.5
+    assert 0.3 < dropped[low].float().mean() < 0.7
+    assert torch.equal(drop[~dropped], plain[~dropped])
+    with pytest.raises(UserInputError, match="word drop must be in"):
+        TrainConfig(stage="keyframes", word_drop=1.5)
+    with pytest.raises(UserInputError, match="stage keyframes only"):
+        TrainConfig(stage="prior", word_drop=0.5)
+    with pytest.raises(UserInputError, match="word drop until must be in"):
+        TrainConfig(stage="keyframes", word_drop=0.5, word_drop_until=0.0)
+
+
+def test_small_twin_weight_adds_a_term_that_prefers_the_clip_to_its_undersized_twin(monkeypatch):
+    """--small-twin-weight w: the matcher's loss gains w times a caption-over-two-clips term
+    whose second clip is the same clip drawn below the domain's sizes; w = 0 is the old loss."""
+    import mavcli.train.stages as stages
+
+    calls = []
+    real = stages.steady_size_loss
+    monkeypatch.setattr(stages, "steady_size_loss", lambda *a: calls.append(a) or real(*a))
+    losses = {}
+    for w in (0.0, 2.0):
+        task = Task("matcher", "tiny", 0, 0.1, TOKENIZER, tiny_encoders(), small_twin_weight=w)
+        torch.manual_seed(0)
+        model = TRAIN_STAGES["matcher"].build_model(task)
+        losses[w] = stages.loss_matcher(task, model, [4, 9, 11], 0, torch.device("cpu"))
+    plain_call, drift_call, small_call = calls
+    assert torch.equal(plain_call[0], drift_call[0])  # the same clips and noise either way
+    term = real(*small_call)
+    assert term > 0 and torch.allclose(losses[2.0], losses[0.0] + 2.0 * term)
+    assert not torch.equal(small_call[1], drift_call[1])
+    with pytest.raises(UserInputError, match="matcher and ranker only"):
+        TrainConfig(stage="keyframes", small_twin_weight=1.0)
+
+
 @pytest.mark.parametrize("stage", ["sr_video", "sr_image"])
 def test_sr_start_mix_trains_on_the_start_sampling_gives(monkeypatch, stage):
     """--sr-start-mix f: that share of an SR batch is noised from its enlarged input at times in

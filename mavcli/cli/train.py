@@ -60,6 +60,9 @@ def _make_command(stage: str):
         image_mix: Optional[float] = typer.Option(None, "--image-mix", help="keyframes: share of steps on images (batch x keyframes of them) instead of clips."),
         time_power: Optional[float] = typer.Option(None, "--time-power", help="Diffusion stages: train at times u^POWER, u uniform (1: uniform; 2: more steps at low noise, where detail is drawn)."),
         image_time_power: Optional[float] = typer.Option(None, "--image-time-power", help="keyframes: the time power of the image steps alone (default: --time-power); clip steps keep --time-power."),
+        word_drop: Optional[float] = typer.Option(None, "--word-drop", help="keyframes (packs whose decoder reads word embeddings): share of samples at t <= --word-drop-until whose context loses its word embeddings, so D^t also draws from the encoder states alone (the pack setting decoder_words_until samples that way)."),
+        word_drop_until: Optional[float] = typer.Option(None, "--word-drop-until", help="keyframes: the highest diffusion time --word-drop applies at (default 1: every time)."),
+        small_twin_weight: Optional[float] = typer.Option(None, "--small-twin-weight", help="matcher / ranker: weight of a term in which each caption prefers its clip over the same clip with the object smaller than the shapes world draws any."),
         sr_start_mix: Optional[float] = typer.Option(None, "--sr-start-mix", help="sr_video / sr_image: share of samples noised from the enlarged input at the stage's start time (as sampling starts), not from the render."),
         sr_start: Optional[float] = typer.Option(None, "--sr-start", help="sr_video / sr_image with --sr-start-mix: the start time to train for (default: the --init-pack's, else the preset's); a pack exported from the run samples from it."),
         sr_round_mix: Optional[float] = typer.Option(None, "--sr-round-mix", help="sr_video / sr_image (shapes world): share of samples whose low-resolution input has its corners rounded, the render still the target, so the stage restores the corners the keyframe decoder rounds."),
@@ -89,6 +92,7 @@ def _make_command(stage: str):
                         images=images, videos=videos, init_pack=init_pack,
                         temporal_lr_mult=temporal_lr_mult, image_mix=image_mix, time_power=time_power,
                         image_time_power=image_time_power, sr_start_mix=sr_start_mix,
+                        word_drop=word_drop, word_drop_until=word_drop_until, small_twin_weight=small_twin_weight,
                         sr_round_mix=sr_round_mix, sr_size_mix=sr_size_mix, sr_start=sr_start)
             cfg = _config(stage, config, opts)
             dev = resolve_device(device)

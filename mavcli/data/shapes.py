@@ -444,6 +444,19 @@ def size_drift(frames: int, rng: np.random.Generator | int | None = None) -> np.
     return k.astype(np.float32)
 
 
+# the too-small twins' sides: below SIZE_RANGE, down to about the size at which the keyframe
+# decoder draws the objects of some held-out pairs (0.21-0.24, docs/evaluation.md)
+UNDERSIZE_RANGE: tuple[float, float] = (0.16, 0.25)
+
+
+def undersize(size: float, frames: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Per-frame size multipliers `(frames,)` for `render(scales=...)` that draw an object of
+    side `size` at one steady side below the domain's range (uniform in UNDERSIZE_RANGE). The
+    matcher learns from such clips that a caption's object is never that small."""
+    rng = _as_rng(rng)
+    return np.full(frames, float(rng.uniform(*UNDERSIZE_RANGE)) / size, dtype=np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Captions
 

@@ -155,6 +155,15 @@ def with_word_tokens(encoder: TextEncoder, ids: torch.Tensor, tokens: torch.Tens
     words = encoder.word_tokens(ids).to(tokens.dtype)
     return torch.cat([tokens, words], dim=1), torch.cat([mask, mask], dim=1)
 
+
+def states_only(mask: torch.Tensor) -> torch.Tensor:
+    """A `with_word_tokens` context mask `(b, 2L)` with the word embeddings masked out: the
+    context a pack without `decoder_word_tokens` gives (the encoder states alone)."""
+    out = mask.clone()
+    out[:, mask.shape[1] // 2:] = False
+    return out
+
+
 class ImageEncoder(nn.Module):
     """Images `(b, 3, h, w)` in [-1, 1] -> unit-length embeddings `(b, embed_dim)`: a small
     strided CNN with global average pooling (CLIP's image tower, scaled down)."""

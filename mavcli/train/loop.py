@@ -65,6 +65,15 @@ class TrainConfig:
     # temporal layers, so low-noise weight there sharpens shapes without taking high-noise clip
     # steps, where motion is decided, away from the video steps
     image_time_power: float | None = None
+    # keyframes, packs with decoder_word_tokens: the share of samples at times t <= word_drop_until
+    # whose context has its word-embedding half masked out, so D^t also learns to draw from the
+    # encoder states alone there (PackSettings.decoder_words_until samples that way)
+    word_drop: float = 0.0
+    word_drop_until: float = 1.0
+    # matcher, ranker: the weight of a term beside the caption and steady-size terms in which
+    # each caption prefers its clip over the clip with the object smaller than the domain draws
+    # any (data.shapes.undersize), so that steering and ranking push small objects up to size
+    small_twin_weight: float = 0.0
     # sr stages: the share of samples noised from their enlarged low-resolution input at times
     # in [start / 2, start] (the preset's sr_*_start) instead of from the render, the render
     # still the target: the start that sampling gives an SR stage (PackSettings.sr_*_start)
@@ -104,6 +113,16 @@ class TrainConfig:
                 raise UserInputError(f"sr start must be in (0, 1) (a diffusion time), got {self.sr_start}")
             if self.sr_start_mix == 0:
                 raise UserInputError("--sr-start sets the start that --sr-start-mix trains for: it needs --sr-start-mix above 0")
+        if not 0.0 <= self.word_drop <= 1.0:
+            raise UserInputError(f"word drop must be in [0, 1] (a share of samples), got {self.word_drop}")
+        if not 0.0 < self.word_drop_until <= 1.0:
+            raise UserInputError(f"word drop until must be in (0, 1] (a diffusion time), got {self.word_drop_until}")
+        if self.small_twin_weight < 0:
+            raise UserInputError(f"small twin weight must be >= 0, got {self.small_twin_weight}")
+        if self.small_twin_weight > 0 and self.stage not in ("matcher", "ranker"):
+            raise UserInputError("--small-twin-weight applies to stages matcher and ranker only")
+        if self.word_drop > 0 and self.stage != "keyframes":
+            raise UserInputError("--word-drop applies to stage keyframes only (D^t's context)")
         if self.image_time_power is not None and self.image_mix == 0:
             raise UserInputError("--image-time-power sets the times of image steps: it needs --image-mix above 0")
         if self.stage not in TRAIN_STAGES:
@@ -182,7 +201,8 @@ def build_task(cfg: TrainConfig) -> Task:
     return Task(cfg.stage, cfg.preset, cfg.seed, cfg.cond_drop, tokenizer, encoders, cfg.images, cfg.videos,
                 image_mix=cfg.image_mix, time_power=cfg.time_power,
                 image_time_power=cfg.image_time_power, sr_start_mix=cfg.sr_start_mix,
-                sr_round_mix=cfg.sr_round_mix, sr_size_mix=cfg.sr_size_mix, sr_start_time=start)
+                word_drop=cfg.word_drop, word_drop_until=cfg.word_drop_until,
+                small_twin_weight=cfg.small_twin_weight, sr_round_mix=cfg.sr_round_mix, sr_size_mix=cfg.sr_size_mix, sr_start_time=start)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, device: str | torch.device = "cpu",

@@ -117,8 +117,8 @@ def loss_prior(task: Task, model: nn.Module, indices: list[int], step: int, devi
 def loss_keyframes_image(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:
     images, captions, _ = task.image_batch(indices, task.settings.keyframe_size)
     images = images.to(device)
-    cond = task.decoder_cond(model, images, captions, indices, device)
     t, noise, drop = task.draws(indices, images.shape[1:], device, power=task.image_time_power)
+    cond = task.decoder_cond(model, images, captions, indices, device, t)
     return diffusion_loss(model, images, task.schedule_for(task.settings.keyframe_size), t=t, noise=noise, drop=drop, **cond)
 
 
@@ -134,8 +134,8 @@ def loss_keyframes(task: Task, model: nn.Module, indices: list[int], step: int, 
     # the image embedding of one frame of the clip (which one varies with the sample)
     pick = per_sample(lambda g: torch.randint(video.shape[2], (), generator=g), task.seed, indices, 500)
     frame = video[torch.arange(len(indices)), :, pick.to(device)]
-    cond = task.decoder_cond(model, frame, captions, indices, device)
     t, noise, drop = task.draws(indices, video.shape[1:], device)
+    cond = task.decoder_cond(model, frame, captions, indices, device, t)
     return diffusion_loss(model, video, task.schedule_for(task.settings.keyframe_size), t=t, noise=noise, drop=drop, fps=fps.to(device), **cond)
 
 
@@ -148,7 +148,7 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     if task.videos is not None or task.images is not None:
         raise UserInputError(f"stage {task.stage} learns from captioned video, which only the shapes world provides "
                              "here (a --videos folder has no captions); train it without --videos / --images")
-    from mavcli.data.shapes import ShapesVideoDataset, contrast_captions, render, size_drift
+    from mavcli.data.shapes import ShapesVideoDataset, contrast_captions, render, size_drift, undersize
 
     s = task.settings
     ds = ShapesVideoDataset(2**62, frames=s.keyframes, size=s.keyframe_size, seed=task.seed, base_fps=s.fps,
@@ -157,14 +157,18 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     specs = [w[0] for w in windows]
 
     def clips(scales_of) -> torch.Tensor:
-        out = [render(spec, None, s.keyframe_size, times=times, scales=scales_of(i, times))
+        out = [render(spec, None, s.keyframe_size, times=times, scales=scales_of(i, spec, times))
                for i, (spec, _, times, _) in zip(indices, windows)]
         return torch.from_numpy(rearrange(ShapesVideoDataset._to_unit(np.stack(out)), "b f h w c -> b c f h w")).to(device)
 
-    video = clips(lambda i, times: None)
+    video = clips(lambda i, spec, times: None)
     # each clip's twin whose object changes size (the domain's sizes never do): the keyframe
     # decoder's commonest fault, which captions cannot contrast
-    twin = clips(lambda i, times: size_drift(len(times), np.random.default_rng([task.seed, i, 1300])))
+    twin = clips(lambda i, spec, times: size_drift(len(times), np.random.default_rng([task.seed, i, 1300])))
+    if task.small_twin_weight > 0:
+        # and its twin whose object is steady but smaller than the domain draws any: the size
+        # at which the decoder draws some held-out pairs' objects
+        small = clips(lambda i, spec, times: undersize(spec.size, len(times), np.random.default_rng([task.seed, i, 1700])))
     negatives = [contrast_captions(sp, np.random.default_rng([task.seed, i, 1100])) for sp, i in zip(specs, indices)]
     k = len(negatives[0])
     captions = [w[1] for w in windows] + [c for neg in negatives for c in neg]
@@ -177,14 +181,18 @@ def loss_matcher(task: Task, model: nn.Module, indices: list[int], step: int, de
     alpha, sigma = task.schedule_for(task.settings.keyframe_size).alpha_sigma(t.cpu())
     alpha, sigma = alpha.view(-1, 1, 1, 1, 1).to(device), sigma.view(-1, 1, 1, 1, 1).to(device)
     # the twin gets the same noise at the same time: the size is all that tells them apart
-    x_t = torch.cat([alpha * video + sigma * noise, alpha * twin + sigma * noise])
-    video_emb, text_emb, scale = model(x_t, torch.cat([t, t]), tokens, mask)
+    twins = [twin] + ([small] if task.small_twin_weight > 0 else [])
+    x_t = torch.cat([alpha * x + sigma * noise for x in [video, *twins]])
+    video_emb, text_emb, scale = model(x_t, t.repeat(1 + len(twins)), tokens, mask)
     b = len(indices)
-    video_emb, twin_emb = video_emb[:b], video_emb[b:]
+    video_emb, twin_embs = video_emb[:b], video_emb[b:].split(b)
     facts = [tuple(sp.facts().values()) for sp in specs]
     same = torch.tensor([[a == c for c in facts] for a in facts], device=device)
     loss = matcher_loss(video_emb, text_emb[:b], rearrange(text_emb[b:], "(b k) e -> b k e", k=k), scale, same)
-    return loss + STEADY_SIZE_WEIGHT * steady_size_loss(video_emb, twin_emb, text_emb[:b], scale)
+    loss = loss + STEADY_SIZE_WEIGHT * steady_size_loss(video_emb, twin_embs[0], text_emb[:b], scale)
+    if task.small_twin_weight > 0:
+        loss = loss + task.small_twin_weight * steady_size_loss(video_emb, twin_embs[1], text_emb[:b], scale)
+    return loss
 
 
 def loss_interpolation(task: Task, model: nn.Module, indices: list[int], step: int, device: torch.device) -> torch.Tensor:

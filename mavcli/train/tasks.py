@@ -22,7 +22,7 @@ from mavcli.errors import UserInputError
 from mavcli.models.blocks import resize_frames
 from mavcli.models.flowinterp import FlowInterpConfig
 from mavcli.models.presets import preset_configs
-from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, with_word_tokens
+from mavcli.models.text import ImageEncoder, TextEncoder, Tokenizer, states_only, with_word_tokens
 
 INTERP_SKIPS = (2, 4)  # frame skips F_i trains on (the shapes pack generates with 4)
 # F_i's windows are a few keyframes of a longer clip: each window shows 1/k of the clip's travel
@@ -96,6 +96,9 @@ class Task:
     image_mix: float = 0.0  # keyframes: the share of steps on images (TrainConfig.image_mix)
     time_power: float = 1.0  # training times u ** time_power (TrainConfig.time_power)
     image_time_power: float | None = None  # keyframes' image steps (TrainConfig.image_time_power)
+    word_drop: float = 0.0  # keyframes (TrainConfig.word_drop)
+    word_drop_until: float = 1.0  # keyframes (TrainConfig.word_drop_until)
+    small_twin_weight: float = 0.0  # matcher, ranker (TrainConfig.small_twin_weight)
     sr_start_mix: float = 0.0  # sr stages (TrainConfig.sr_start_mix)
     sr_round_mix: float = 0.0  # sr stages (TrainConfig.sr_round_mix)
     sr_size_mix: float = 0.0  # sr_video (TrainConfig.sr_size_mix)
@@ -192,7 +195,10 @@ class Task:
         drop = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 300 + salt)
         return t.to(device), noise.to(device), drop.to(device)
 
-    def decoder_cond(self, model, images_for_emb, captions, indices, device):
+    def decoder_cond(self, model, images_for_emb, captions, indices, device, t=None):
+        """D^t's conditioning of a batch: the image embedding, the text context and its mask;
+        with `word_drop`, samples whose time `t` `(b,)` is at most `word_drop_until` lose the
+        word-embedding half of their context now and then."""
         model = getattr(model, "module", model)  # the network itself under DDP, for its null embeddings
         emb = self.image_emb(images_for_emb.to(device))
         if captions is None:  # uncaptioned video: the null text token (as in guidance)
@@ -201,6 +207,13 @@ class Task:
             mask = torch.ones(len(indices), 1, dtype=torch.bool, device=device)
         else:
             tokens, mask = self.decoder_text(captions, device)
+            if self.word_drop > 0:
+                if not self.settings.decoder_word_tokens:
+                    raise UserInputError("--word-drop masks the word embeddings in D^t's context, and this "
+                                         "preset's decoder does not read them (decoder_word_tokens is off)")
+                pick = per_sample(lambda g: torch.rand((), generator=g) < self.word_drop, self.seed, indices, 1600)
+                pick = pick.to(device) & (t <= self.word_drop_until)
+                mask = torch.where(pick[:, None], states_only(mask), mask)
         # also drop the image embedding alone now and then, so text tokens can steer by themselves
         only_emb = per_sample(lambda g: torch.rand((), generator=g) < self.cond_drop, self.seed, indices, 400).to(device)
         emb = torch.where(only_emb[:, None], model.null_cond.detach().expand_as(emb), emb)
