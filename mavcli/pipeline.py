@@ -190,6 +190,25 @@ class MakeAVideoPipeline:
         ids, _, _ = self.pack.tokenizer.batch(prompts)
         return with_word_tokens(self.pack["text_encoder"], ids.to(self.device), tokens, mask)
 
+    def decoder_mask(self, prompts: list[str], mask: torch.Tensor) -> torch.Tensor | None:
+        """D^t's own mask `(b, 2L)` of the `decoder_context` of `prompts` when the pack names
+        `decoder_words`: the word-embedding half keeps only those words; None otherwise (D^t
+        reads what the matcher reads)."""
+        words = self.settings.decoder_words
+        if not (words and self.settings.decoder_word_tokens):
+            return None
+        ids, _, _ = self.pack.tokenizer.batch(prompts)
+        vocab = self.pack.tokenizer.vocab
+        missing = [w for w in words if w not in vocab]
+        if missing:
+            raise PackError(f"the pack's decoder_words name {missing}, which its tokenizer does not know: "
+                            "remove them from pack.json's settings")
+        keep = torch.tensor([vocab.index(w) for w in words], dtype=ids.dtype)
+        out = mask.clone()
+        half = mask.shape[1] // 2
+        out[:, half:] &= torch.isin(ids, keep).to(mask.device)
+        return out
+
     @torch.no_grad()
     def prior(self, tokens, mask, pooled, *, seed: int, steps=None, guidance=None, sampler=None,
               callback: ProgressCallback | None = None) -> torch.Tensor:
@@ -207,9 +226,11 @@ class MakeAVideoPipeline:
     @torch.no_grad()
     def keyframes(self, image_emb, tokens, mask, *, seed: int, num_frames=None, fps=None, steps=None,
                   guidance=None, sampler=None, candidates: int | None = None, matcher_guidance: float | None = None,
-                  select_times: Sequence[float] | None = None, callback: ProgressCallback | None = None) -> torch.Tensor:
-        """D^t: image embedding `(b, e)` (+ D^t's text context `(b, m, d)`, fps) -> keyframes
-        `(b, 3, k, s, s)`.
+                  select_times: Sequence[float] | None = None, callback: ProgressCallback | None = None,
+                  decoder_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """D^t: image embedding `(b, e)` (+ D^t's text context `(b, m, d)` and its mask, fps) ->
+        keyframes `(b, 3, k, s, s)`. `decoder_mask` `(b, m)` (`decoder_mask()`): D^t's own
+        mask of the context, where it reads fewer words than the matcher (default: `mask`).
 
         With the pack's matcher (models/matcher.py): `candidates` > 1 samples that many clips
         per prompt in one batch and keeps the one the matcher scores highest against the
@@ -247,10 +268,11 @@ class MakeAVideoPipeline:
         gen = self._generator(seed, "keyframes")
         # candidate-major, so candidate 0 draws the noise a single sample would
         x = self._noise((n * b, 3, k, size, size), gen)
+        dmask = (mask if decoder_mask is None else decoder_mask).repeat(n, 1)
         tokens, mask = tokens.repeat(n, 1, 1), mask.repeat(n, 1)  # (n b, m, d): each candidate's prompt
         cond = {"cond": image_emb.repeat(n, 1)}
         if net.config.context_dim:
-            cond.update(context=tokens, context_mask=mask)
+            cond.update(context=tokens, context_mask=dmask)
         if net.config.fps_cond:
             cond["fps"] = torch.full((x.shape[0],), float(fps), device=self.device)
         schedule = self._schedule(size)
@@ -586,7 +608,8 @@ class MakeAVideoPipeline:
         emb = timed("prior", self.prior, tokens, mask, pooled, seed=seed, **opts)
         dec_tokens, dec_mask = self.decoder_context([prompt], tokens, mask)
         video = timed("keyframes", self.keyframes, emb, dec_tokens, dec_mask, seed=seed, num_frames=k, fps=fps,
-                      candidates=candidates, matcher_guidance=matcher_guidance, select_times=select_times, **opts)
+                      candidates=candidates, matcher_guidance=matcher_guidance, select_times=select_times,
+                      decoder_mask=self.decoder_mask([prompt], dec_mask), **opts)
         out_fps = fps
         if "interpolation" in runs:
             fi = self.pack["interpolation"]

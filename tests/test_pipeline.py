@@ -372,6 +372,36 @@ def test_decoder_reads_word_embeddings_when_the_pack_says_so(pipe, monkeypatch):
     assert ctx is tokens and cmask is mask
 
 
+def test_decoder_words_keep_only_the_named_word_embeddings_for_the_decoder(pipe, monkeypatch):
+    """`decoder_words`: every D^t call sees the states and, of the word embeddings, only the
+    named words'; the matcher ranking the candidates still reads every word."""
+    import dataclasses
+
+    from mavcli.errors import PackError
+
+    net, matcher = pipe.pack["keyframes"], pipe.pack["ranker" if "ranker" in pipe.pack.networks else "matcher"]
+    seen, ranked = [], []
+    forward, score = net.forward, matcher.score
+    monkeypatch.setattr(net, "forward", lambda x, t, **kw: seen.append(kw["context_mask"].clone()) or forward(x, t, **kw))
+    monkeypatch.setattr(matcher, "score", lambda x, t, c, m: ranked.append(m.clone()) or score(x, t, c, m))
+    monkeypatch.setattr(pipe, "settings", dataclasses.replace(pipe.settings, decoder_words=("moving", "left")))
+    pipe(PROMPT, seed=0, stop_after="keyframes", steps={"keyframes": 3}, candidates=2, matcher_guidance=0.0,
+         select_times=())
+    ids, mask, _ = pipe.pack.tokenizer.batch([PROMPT])
+    vocab = pipe.pack.tokenizer.vocab
+    words = mask & torch.isin(ids, torch.tensor([vocab.index("moving"), vocab.index("left")]))
+    assert int(words.sum()) == 2 and seen and ranked
+    for m in seen:
+        n = m.shape[1] // 2
+        assert torch.equal(m[:, :n], mask.expand_as(m[:, :n])) and torch.equal(m[:, n:], words.expand_as(m[:, n:]))
+    for m in ranked:
+        n = m.shape[1] // 2
+        assert torch.equal(m[:, n:], mask.expand_as(m[:, n:]))
+    monkeypatch.setattr(pipe, "settings", dataclasses.replace(pipe.settings, decoder_words=("moving", "sideways")))
+    with pytest.raises(PackError, match="sideways"):
+        pipe(PROMPT, seed=0, stop_after="keyframes", steps={"keyframes": 3}, candidates=1, matcher_guidance=0.0)
+
+
 def test_decoder_drops_the_word_embeddings_below_decoder_words_until(pipe, monkeypatch):
     """`decoder_words_until`: D^t's calls above that diffusion time see the states and the words,
     those at or below it the states alone; the matcher's context is untouched."""

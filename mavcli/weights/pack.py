@@ -69,6 +69,10 @@ class PackSettings:
     # > 0: D^t reads the word embeddings only at diffusion times above this; below it, its
     # context is the encoder's states alone (the matcher and ranker still read both)
     decoder_words_until: float = 0.0
+    # not empty: of the word embeddings, D^t reads only these words' (the motion words carry
+    # the motion; the others pull the objects of held-out colour-shape pairs small). The
+    # matcher and ranker still read every word
+    decoder_words: tuple[str, ...] = ()
     # with a matcher network in the pack (models/matcher.py): sample this many keyframe clips
     # per prompt and keep the one that fits the prompt best; and steer by its gradient
     keyframe_candidates: int = 1
@@ -84,6 +88,8 @@ class PackSettings:
             raise ValueError(f"keyframe_select_times must be decreasing diffusion times in (0, 1), got {list(self.keyframe_select_times)}")
         if not 0.0 <= self.decoder_words_until < 1.0:
             raise ValueError(f"decoder_words_until must be a diffusion time in [0, 1), got {self.decoder_words_until}")
+        if not all(isinstance(w, str) and w for w in self.decoder_words):
+            raise ValueError(f"decoder_words must be words (strings), got {list(self.decoder_words)}")
         if self.matcher_guidance < 0:
             raise ValueError(f"matcher_guidance must be >= 0, got {self.matcher_guidance}")
         if not 0.0 < self.interp_start <= 1.0:
