@@ -72,7 +72,8 @@ class TrainConfig:
     word_drop_until: float = 1.0
     # matcher, ranker: the weight of a term beside the caption and steady-size terms in which
     # each caption prefers its clip over the clip with the object smaller than the domain draws
-    # any (data.shapes.undersize), so that steering and ranking push small objects up to size
+    # any (data.shapes.undersize): D^t draws some held-out pairs' objects that small (what it did
+    # as a ranker and as the steering matcher: docs/evaluation.md, session 27)
     small_twin_weight: float = 0.0
     # sr stages: the share of samples noised from their enlarged low-resolution input at times
     # in [start / 2, start] (the preset's sr_*_start) instead of from the render, the render
