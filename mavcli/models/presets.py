@@ -39,6 +39,7 @@ def preset_configs(preset: str, vocab_size: int) -> tuple[dict[str, object], Pac
                                 interp_start=0.1, keyframe_candidates=6, matcher_guidance=50.0, keyframe_select_times=(0.85, 0.3),
                                 guidance={**PackSettings().guidance, "keyframes": 1.5},
                                 sr_video_start=0.05, sr_image_start=0.2, stage_samplers={"keyframes": "ddpm"},
+                                decoder_words=("moving", "left", "right", "up", "down", "standing", "still"),
                                 steps={"prior": 16, "keyframes": 24, "interpolation": 4, "sr_video": 1, "sr_image": 2})
         configs = {
             "text_encoder": TextEncoderConfig(vocab_size=vocab_size, dim=t, depth=3, heads=4, embed_dim=e),
